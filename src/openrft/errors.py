@@ -1,0 +1,45 @@
+"""Errors a user can act on.
+
+Every error caused by user input (a config key, a data row, a reward function) is a
+`UserError`: the CLI prints its one-line message and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error in something the user gave us; `str(err)` is one line saying what to fix."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config file or override is invalid."""
+
+
+class DataError(UserError):
+    """A dataset file or row is invalid. The message names the file, line and column."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: str | int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.line, self.column, self.hint = file, line, column, hint
+        where = file or "<data>"
+        if line is not None:
+            where += f":{line}"
+        if column is not None:
+            where += f": column {column!r}" if isinstance(column, str) else f":{column}"
+        text = f"{where}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+class RewardError(UserError):
+    """A reward function cannot be loaded, or failed too often during a run."""
