@@ -1,0 +1,46 @@
+"""Group-relative advantages (pure functions).
+
+Rewards arrive as one row per completion, grouped contiguously: rows [g*G, (g+1)*G) are the G
+completions of prompt g. NaN marks a completion with no reward (every function said "not
+applicable", or the grader's infrastructure failed): it is left out of its group's mean and
+std and gets advantage 0, so it neither pushes nor pulls the policy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def weighted_total(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over reward functions, ignoring NaN (not applicable) entries.
+
+    values: [N, F] (NaN = no value), weights: [F] -> [N]; NaN where a row has no value at all.
+    """
+    present = ~torch.isnan(values)  # [N, F]
+    total = torch.where(present, values * weights, torch.zeros_like(values)).sum(-1)  # [N]
+    return torch.where(present.any(-1), total, torch.full_like(total, float("nan")))
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO advantages A_i = (r_i - mean_g) / (std_g + eps), or r_i - mean_g when not scaled.
+
+    rewards: [N] with N = groups * group_size, NaN allowed.
+    Returns (advantages [N], group mean [groups], group std [groups]); std is the unbiased
+    sample std over the group's present rewards (0 for fewer than two), as in TRL.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.view(-1, group_size).double()  # [B, G]
+    present = ~torch.isnan(r)
+    n = present.sum(-1)  # [B]
+    filled = torch.where(present, r, torch.zeros_like(r))
+    mean = filled.sum(-1) / n.clamp(min=1)  # [B]
+    sq = torch.where(present, (r - mean[:, None]) ** 2, torch.zeros_like(r)).sum(-1)
+    std = torch.where(n > 1, (sq / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(mean))  # [B]
+    adv = r - mean[:, None]
+    if scale:
+        adv = adv / (std[:, None] + eps)
+    adv = torch.where(present, adv, torch.zeros_like(adv))
+    return adv.view(-1).to(rewards.dtype), mean.to(rewards.dtype), std.to(rewards.dtype)

@@ -1,0 +1,160 @@
+"""Pieces every recipe shares: device and threads, seeding, model + adapter, optimizer,
+schedule, prompt building. Recipes (grpo.py, later sft.py, dpo.py) stay short by calling these."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openrft.config import RunConfig
+from openrft.data import load_rows, render_messages, render_prompt_text, split_rows, validate_rows
+from openrft.errors import DataError
+from openrft.types import PromptItem
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the physical cores (hyper-threads slow matmuls down on CPU)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, threads))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A per-step seed: sampling at step s depends only on (seed, s), so resume is exact."""
+    return (seed * 1_000_003 + step * 7919) % (2**63 - 1)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+
+
+def load_splits(cfg: RunConfig) -> Splits:
+    """Load and validate training (and held-out) rows before any model is loaded."""
+    d = cfg.data
+    train = load_rows(d.train)
+    validate_rows(train, template=d.prompt_template, system_prompt=d.system_prompt, source=d.train)
+    if d.eval:
+        held = load_rows(d.eval)
+        validate_rows(held, template=d.prompt_template, system_prompt=d.system_prompt, source=d.eval)
+    elif d.eval_fraction > 0:
+        train, held = split_rows(train, eval_fraction=d.eval_fraction, seed=cfg.seed)
+    else:
+        held = []
+    return Splits(train=train, eval=held)
+
+
+def build_prompts(cfg: RunConfig, tokenizer: Any, rows: list[dict[str, Any]], source: str) -> list[PromptItem]:
+    d = cfg.data
+    items = []
+    for i, row in enumerate(rows):
+        messages = render_messages(row, template=d.prompt_template, system_prompt=d.system_prompt, source=source)
+        text = render_prompt_text(tokenizer, messages, assistant_prefix=d.assistant_prefix)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > d.max_prompt_tokens:
+            raise DataError(
+                f"prompt has {len(ids)} tokens, over data.max_prompt_tokens={d.max_prompt_tokens}",
+                file=source,
+                line=i + 1,
+                hint="shorten the prompt or raise data.max_prompt_tokens",
+            )
+        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), text)
+        items.append(PromptItem(index=i, row=row, text=user, ids=ids))
+    return items
+
+
+def batch_indices(n_rows: int, step: int, per_step: int, seed: int, shuffle: bool) -> list[int]:
+    """Row indices for `step`: epochs of seeded permutations, a pure function of (step, seed)."""
+    out = []
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, n_rows)
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+            out.append(int(order[pos]))
+        else:
+            out.append(pos)
+    return out
+
+
+# -- model, optimizer, schedule --------------------------------------------------------------------
+
+
+def load_policy(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    from openrft.models import attach_lora, load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(cfg.model.name, dtype=cfg.model.dtype, device=str(device))
+    model = attach_lora(
+        model,
+        r=cfg.lora.r,
+        alpha=cfg.lora.alpha,
+        dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        init_adapter=cfg.lora.init_adapter,
+    )
+    return model, tok
+
+
+def make_optimizer(
+    cfg: RunConfig, model: torch.nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.schedule, o.warmup_steps, cfg.max_steps))
+    return opt, sched
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
+    """Multiplier of the peak lr at a step: linear warmup, then constant, linear or cosine decay."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif isinstance(extra, list):
+        ids.update(int(x) for x in extra)
+    return sorted(ids)
+
+
+def resolve_output_dir(cfg: RunConfig, output_dir: str | Path | None) -> Path:
+    return Path(output_dir or cfg.output_dir)

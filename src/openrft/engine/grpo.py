@@ -1,0 +1,400 @@
+"""GRPO on a LoRA adapter: the training recipe.
+
+    openrft train examples/countdown.yaml
+
+Each step runs named, timed phases: rollout -> reward -> advantage -> update -> checkpoint -> log.
+
+How this departs from the DeepSeekMath paper (and matches current practice, as in TRL):
+- The loss normalisation is a choice (`grpo.loss_type`): per-sequence mean (paper), DAPO's
+  token mean (default: long answers are not down-weighted), or Dr. GRPO's constant.
+- DAPO's clip-higher (`epsilon_high`) and optional std-free advantages (Dr. GRPO).
+- KL to the reference is off by default (beta = 0); when on, the reference is the base model
+  with the adapter disabled, so no second copy of the weights is held.
+- With one update per rollout (`num_iterations = 1`) the old policy is the current one (ratio
+  = 1, no clipping); with more, the rollout's own sampling log-probs are the old policy.
+- Completions whose advantage is exactly 0 contribute exactly 0 gradient (when beta = 0), so
+  their backward pass is skipped; the loss normaliser still counts them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openrft.config import RunConfig
+from openrft.engine import checkpoint as ckpt
+from openrft.engine.advantages import group_advantages, weighted_total
+from openrft.engine.common import (
+    batch_indices,
+    build_prompts,
+    eos_ids,
+    load_policy,
+    load_splits,
+    make_optimizer,
+    pick_device,
+    seed_everything,
+    set_threads,
+    step_seed,
+)
+from openrft.engine.logprobs import completion_logps
+from openrft.engine.losses import grpo_loss, normaliser
+from openrft.engine.rollout import sample_groups
+from openrft.errors import ConfigError
+from openrft.rewards import RewardSet
+from openrft.tracking.progress import NullReporter, Reporter
+from openrft.tracking.run_dir import RunDir
+from openrft.types import PromptItem, RolloutBatch
+
+
+class PhaseTimer:
+    """Times named phases of a step: `with timer("rollout"): ...` -> {"time/rollout": s}."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    kl: float
+    clip_ratio: float
+    entropy: float
+    grad_norm: float
+
+
+# =============================================================================================
+# Update
+# =============================================================================================
+
+
+def update_policy(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+) -> UpdateStats:
+    """`num_iterations` optimizer steps on one rollout batch, accumulating over micro-batches."""
+    g = cfg.grpo
+    mask = batch.completion_mask.clone()  # [N, T]
+    if g.mask_truncated_completions:
+        mask[batch.truncated] = 0
+    total = normaliser(g.loss_type, mask)
+    rows = torch.arange(batch.num_sequences)
+    if g.skip_zero_advantage and g.beta == 0:
+        rows = rows[(advantages != 0) & (mask.sum(-1) > 0)]  # zero advantage -> zero gradient exactly
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0, "ent_n": 0.0, "tok": 0.0}
+    grad_norm = 0.0
+    model.train()
+    for it in range(g.num_iterations):
+        for start in range(0, len(rows), cfg.optim.micro_batch_size):
+            idx = rows[start : start + cfg.optim.micro_batch_size]
+            width = int(batch.completion_mask[idx].sum(-1).max())  # trim right padding of this micro-batch
+            cm = mask[idx, :width].to(device)  # [n, t]
+            args = (batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx, :width])
+            logp, ent = completion_logps(
+                model, *args, batch.completion_mask[idx, :width], temperature=g.temperature, with_entropy=it == 0
+            )
+            old = batch.sampling_logps[idx, :width].to(device) if g.num_iterations > 1 else logp.detach()
+            ref = None
+            if g.beta > 0:
+                with torch.no_grad(), model.disable_adapter():
+                    ref, _ = completion_logps(
+                        model, *args, batch.completion_mask[idx, :width], temperature=g.temperature
+                    )
+            parts = grpo_loss(
+                logp,
+                old,
+                advantages[idx].to(device, logp.dtype),
+                cm,
+                loss_type=g.loss_type,
+                epsilon_low=g.epsilon,
+                epsilon_high=cfg.epsilon_high,
+                max_new_tokens=g.max_new_tokens,
+                total=total,
+                beta=g.beta,
+                ref_logp=ref,
+            )
+            parts.loss.backward()
+            n_tok = float(cm.sum())
+            sums["loss"] += parts.policy_loss
+            sums["kl"] += parts.kl * n_tok
+            sums["clip"] += parts.clip_ratio * n_tok
+            sums["tok"] += n_tok
+            if ent is not None:
+                sums["ent"] += float((ent * cm).sum())
+                sums["ent_n"] += n_tok
+        max_norm = cfg.optim.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if rows.numel() else 0.0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    tok = max(sums["tok"], 1.0)
+    return UpdateStats(
+        loss=sums["loss"] / g.num_iterations,
+        kl=sums["kl"] / tok,
+        clip_ratio=sums["clip"] / tok,
+        entropy=sums["ent"] / sums["ent_n"] if sums["ent_n"] else float("nan"),
+        grad_norm=grad_norm,
+    )
+
+
+# =============================================================================================
+# Metrics and samples of a step
+# =============================================================================================
+
+
+def _nanstat(x: torch.Tensor) -> tuple[float, float]:
+    v = x[~torch.isnan(x)]
+    if v.numel() == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(unbiased=False)) if v.numel() > 1 else 0.0
+
+
+def reward_metrics(
+    names: list[str], values: torch.Tensor, totals: torch.Tensor, group_size: int, errors: dict[str, int]
+) -> dict[str, float]:
+    """values [N, F] (NaN = no value), totals [N]."""
+    out: dict[str, float] = {}
+    out["reward"], _ = _nanstat(totals)
+    groups = totals.view(-1, group_size)  # [B, G]
+    stds = []
+    for grp in groups:
+        v = grp[~torch.isnan(grp)]
+        stds.append(float(v.std()) if v.numel() > 1 else 0.0)
+    out["reward_std"] = sum(stds) / len(stds)
+    out["frac_reward_zero_std"] = sum(s < 1e-6 for s in stds) / len(stds)
+    for j, name in enumerate(names):
+        out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = _nanstat(values[:, j])
+        out[f"rewards/{name}/errors"] = float(errors.get(name, 0))
+    return out
+
+
+def sample_rows(
+    step: int,
+    prompts: list[PromptItem],
+    completions: list[str],
+    names: list[str],
+    values: torch.Tensor,
+    totals: torch.Tensor,
+    advantages: torch.Tensor,
+    batch: RolloutBatch,
+) -> list[dict[str, Any]]:
+    g = batch.group_size
+    rows = []
+    for i, text in enumerate(completions):
+        p = prompts[i // g]
+        rows.append(
+            {
+                "step": step,
+                "prompt_index": p.index,
+                "group": i // g,
+                "prompt": p.text,
+                "completion": text,
+                "rewards": {n: _num(values[i, j]) for j, n in enumerate(names)},
+                "reward": _num(totals[i]),
+                "advantage": float(advantages[i]),
+                "length": int(batch.completion_mask[i].sum()),
+                "truncated": bool(batch.truncated[i]),
+            }
+        )
+    return rows
+
+
+def _num(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+
+
+def train_grpo(
+    cfg: RunConfig,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> Path:
+    """Run GRPO as configured; returns the run directory (with `adapter/` at the end)."""
+    reporter = reporter or NullReporter()
+    run = RunDir(output_dir or cfg.output_dir)
+    if not resume and run.metrics_file.exists() and run.metrics_file.stat().st_size > 0:
+        raise ConfigError(f"{run.path} already holds a run; pass --resume to continue it or choose another --output-dir")
+
+    # -- setup: everything that can fail on user input fails before the model loads ---------------
+    splits = load_splits(cfg)
+    rewards = RewardSet(cfg.rewards, max_error_rate=cfg.max_reward_error_rate)
+    set_threads(cfg.model.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    run.create(cfg)
+    reporter.message(f"loading {cfg.model.name} ...")
+    model, tok = load_policy(cfg, device)
+    prompts = build_prompts(cfg, tok, splits.train, cfg.data.train)
+    optimizer, scheduler = make_optimizer(cfg, model)
+    eos = eos_ids(tok, model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    names = [r.name for r in cfg.rewards]
+    weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
+    g = cfg.grpo
+
+    start = 0
+    ckpt.cleanup_partial(run.checkpoints)
+    if resume:
+        last = ckpt.latest(run.checkpoints)
+        if last is not None:
+            state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler)
+            start = int(state["step"])
+            reporter.message(f"resumed from {last} (step {start})")
+        run.truncate_after(start)
+
+    reporter.start(cfg.max_steps, start, "GRPO")
+    try:
+        with rewards:
+            for step in range(start + 1, cfg.max_steps + 1):
+                metrics = _train_step(
+                    cfg, step, model, tok, optimizer, scheduler, rewards, prompts, names, weights, eos, pad, run
+                )
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                    t0 = time.perf_counter()
+                    _save(cfg, run, step, model, optimizer, scheduler)
+                    metrics["time/checkpoint"] = time.perf_counter() - t0
+                run.log_metrics(metrics)
+                reporter.update(step, metrics)
+            if start < cfg.max_steps or not run.adapter.exists():
+                _save(cfg, run, cfg.max_steps, model, optimizer, scheduler)
+                save_final_adapter(model, run.adapter)
+    finally:
+        reporter.stop()
+    return run.path
+
+
+def _save(cfg: RunConfig, run: RunDir, step: int, model: Any, optimizer: Any, scheduler: Any) -> None:
+    ckpt.save_checkpoint(
+        run.checkpoints,
+        step,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"data_position": step * cfg.grpo.prompts_per_step, "seed": cfg.seed},
+        keep=cfg.keep_checkpoints,
+    )
+
+
+def save_final_adapter(model: Any, target: Path) -> None:
+    from openrft.models import save_adapter
+
+    save_adapter(model, target)
+
+
+def _train_step(
+    cfg: RunConfig,
+    step: int,
+    model: torch.nn.Module,
+    tok: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rewards: RewardSet,
+    prompts: list[PromptItem],
+    names: list[str],
+    weights: torch.Tensor,
+    eos: list[int],
+    pad: int,
+    run: RunDir,
+) -> dict[str, Any]:
+    g = cfg.grpo
+    timer = PhaseTimer()
+    t_step = time.perf_counter()
+    torch.manual_seed(step_seed(cfg.seed, step))
+    batch_prompts = [
+        prompts[i] for i in batch_indices(len(prompts), step - 1, g.prompts_per_step, cfg.seed, cfg.data.shuffle)
+    ]
+
+    with timer("rollout"):
+        model.eval()
+        gen = torch.Generator(device="cpu").manual_seed(step_seed(cfg.seed, step))
+        batch = sample_groups(
+            model,
+            [p.ids for p in batch_prompts],
+            group_size=g.num_generations,
+            max_new_tokens=g.max_new_tokens,
+            eos_ids=eos,
+            pad_id=pad,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            generator=gen if next(model.parameters()).device.type == "cpu" else None,
+        )
+        completions = decode_completions(tok, batch, cfg.data.assistant_prefix)
+
+    with timer("reward"):
+        expanded = [batch_prompts[i // g.num_generations] for i in range(batch.num_sequences)]
+        scores = rewards.score([p.text for p in expanded], completions, [p.row for p in expanded])
+        values = torch.tensor(scores.values, dtype=torch.float32).view(batch.num_sequences, len(names))  # [N, F]
+
+    with timer("advantage"):
+        totals = weighted_total(values, weights)  # [N]
+        advantages, _, _ = group_advantages(totals, g.num_generations, scale=g.scale_rewards)
+
+    with timer("update"):
+        stats = update_policy(cfg, model, optimizer, batch, advantages)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+
+    with timer("log"):
+        if step % cfg.log_samples_every == 0:
+            run.log_samples(
+                sample_rows(step, batch_prompts, completions, names, values, totals, advantages, batch)
+            )
+
+    step_time = time.perf_counter() - t_step
+    lengths = batch.completion_mask.sum(-1).float()
+    metrics: dict[str, Any] = {"step": step}
+    metrics.update(reward_metrics(names, values, totals, g.num_generations, scores.errors))
+    for name, n in getattr(scores, "infra_errors", {}).items():
+        metrics[f"rewards/{name}/infra_errors"] = float(n)
+    metrics.update(
+        {
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(batch.truncated.float().mean()),
+            "loss": stats.loss,
+            "kl": stats.kl,
+            "entropy": stats.entropy,
+            "clip_ratio": stats.clip_ratio,
+            "grad_norm": stats.grad_norm,
+            "learning_rate": lr,
+            **timer.times,
+            "step_time": step_time,
+            "tokens_per_second": float(lengths.sum()) / step_time,
+        }
+    )
+    return metrics
+
+
+def decode_completions(tok: Any, batch: RolloutBatch, prefix: str) -> list[str]:
+    """Completion texts as reward functions see them: the assistant prefix + generated text."""
+    out = []
+    for ids, m in zip(batch.completion_ids, batch.completion_mask, strict=True):
+        out.append(prefix + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
+    return out
+

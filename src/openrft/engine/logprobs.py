@@ -1,0 +1,65 @@
+"""Per-token log-probs of completions under the current policy (with gradients).
+
+Only the completion positions' logits are computed (`logits_to_keep`), and the log-softmax
+over the 49k vocabulary is taken as `logit[token] - logsumexp(logits)` in float32, which never
+materialises a second [N, T, V] tensor of log-probs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from openrft.engine.rollout import positions
+
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The underlying *ForCausalLM (LoRA layers are injected in place, so they still apply)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[index] without the full log-softmax. logits [N, T, V], index [N, T]."""
+    logits = logits.float()
+    picked = logits.gather(-1, index[..., None]).squeeze(-1)  # [N, T]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy [N, T] of softmax(logits [N, T, V])."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_logps(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [N, T] of `completion_ids` given left-padded prompts, and optionally entropy [N, T].
+
+    prompt_ids/mask: [N, P]; completion_ids/mask: [N, T]. Padding after EOS is masked out of
+    attention, so a row's log-probs do not depend on what else is in the batch.
+    """
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # [N, P+T]
+    mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)
+    t = completion_ids.shape[1]
+    out = causal_lm(model)(
+        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, logits_to_keep=t + 1
+    )
+    logits = out.logits[:, :-1]  # [N, T, V]: position i predicts completion token i
+    if temperature != 1.0 and temperature > 0:
+        logits = logits / temperature
+    logps = selective_log_softmax(logits, completion_ids.to(device))
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach())
+    return logps, ent

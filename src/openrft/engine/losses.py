@@ -1,0 +1,114 @@
+"""GRPO policy losses and KL estimators (pure functions).
+
+Shapes: N sequences, T completion tokens; `mask` [N, T] is 1 on real completion tokens.
+Variants (see `aggregate`):
+- grpo    (DeepSeekMath): mean over each sequence's tokens, then mean over sequences.
+- dapo    (DAPO): mean over all tokens of the batch (long answers are not down-weighted).
+- dr_grpo (Dr. GRPO): sum over tokens / (N x max_new_tokens), a constant normaliser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref-logp) - (ref-logp) - 1 >= 0."""
+    d = ref_logp - logp  # [N, T]
+    return torch.exp(d) - d - 1
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-style clipped objective per token, as a loss to minimise.
+
+    logp, old_logp: [N, T]; advantages: [N]. Returns (per-token loss [N, T], clipped [N, T] bool):
+    loss = -min(ratio * A, clip(ratio, 1-eps_low, 1+eps_high) * A), ratio = exp(logp - old_logp).
+    """
+    ratio = torch.exp(logp - old_logp)  # [N, T]
+    adv = advantages[:, None]  # [N, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * adv
+    loss = -torch.min(unclipped, clipped)
+    was_clipped = clipped < unclipped  # the min chose the clipped term
+    return loss, was_clipped
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, *, max_new_tokens: int, total_tokens: float
+) -> torch.Tensor:
+    """Reduce a per-token loss [N, T] to a scalar.
+
+    `total_tokens` is the number of real tokens in the whole optimizer batch (for dapo) and N in
+    dr_grpo is taken from the whole batch too, via `total_tokens`' companion: callers pass
+    micro-batches and sum the results, so every variant is normalised by whole-batch constants:
+    - grpo: sum_i mean_t(loss_i) / N_batch  -> caller passes total_tokens = N_batch.
+    - dapo: sum loss / tokens_batch         -> total_tokens = tokens in batch.
+    - dr_grpo: sum loss / (N_batch * max_new_tokens) -> total_tokens = N_batch.
+    """
+    m = mask.to(per_token.dtype)
+    if loss_type == "grpo":
+        per_seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1)  # [N]
+        return per_seq.sum() / total_tokens
+    if loss_type == "dapo":
+        return (per_token * m).sum() / max(total_tokens, 1.0)
+    if loss_type == "dr_grpo":
+        return (per_token * m).sum() / (total_tokens * max_new_tokens)
+    raise ValueError(f"unknown loss_type {loss_type!r}; use grpo, dapo or dr_grpo")
+
+
+def normaliser(loss_type: str, mask: torch.Tensor) -> float:
+    """The whole-batch constant `aggregate` expects for `loss_type`, from the batch's mask [N, T]."""
+    return float(mask.sum()) if loss_type == "dapo" else float(mask.shape[0])
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor
+    policy_loss: float
+    kl: float
+    clip_ratio: float
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    epsilon_low: float,
+    epsilon_high: float,
+    max_new_tokens: int,
+    total: float,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+) -> LossParts:
+    """The full GRPO loss for a micro-batch: clipped surrogate (+ beta * k3 KL), aggregated."""
+    per_token, clipped = clipped_surrogate(
+        logp, old_logp, advantages, epsilon_low=epsilon_low, epsilon_high=epsilon_high
+    )
+    m = mask.to(logp.dtype)
+    n_tok = float(m.sum().clamp(min=1))
+    kl_val = 0.0
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+        kl_val = float((kl.detach() * m).sum() / n_tok)
+    loss = aggregate(per_token, mask, loss_type, max_new_tokens=max_new_tokens, total_tokens=total)
+    return LossParts(
+        loss=loss,
+        policy_loss=float(loss.detach()),
+        kl=kl_val,
+        clip_ratio=float((clipped.to(m.dtype) * m).sum() / n_tok),
+    )

@@ -1,0 +1,133 @@
+"""Rollout: sample G completions per prompt and keep each token's sampling log-prob.
+
+Written by hand rather than calling `model.generate` because GRPO needs things generate does
+not give cheaply: (1) each prompt is prefilled once and its KV cache shared by the G samples
+of its group (generate would prefill it G times); (2) the log-prob of every sampled token
+under the temperature-scaled policy is kept, so `num_iterations > 1` needs no extra forward
+pass for the old policy; (3) rows that finished (EOS) leave the batch, so the decode step
+only pays for rows still writing. The model call itself is plain transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from openrft.types import RolloutBatch
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> (ids [B, P], attention mask [B, P])."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded mask [B, L]: 0 at the first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """Top-k then nucleus filtering of logits [R, V] (already temperature-scaled): removed -> -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [R, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token crossing top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_groups(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> RolloutBatch:
+    """Sample `group_size` completions for each prompt.
+
+    Returns completions grouped contiguously: rows [g*G, (g+1)*G) belong to prompt g.
+    `temperature == 0` means greedy (then log-probs are those of the untempered policy).
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, pad_id)  # [B, P]
+    ids, mask = ids.to(device), mask.to(device)
+    prompt_mask = mask
+    n = len(prompt_ids) * group_size
+    eos = torch.tensor(eos_ids, device=device)
+    temp = temperature if temperature > 0 else 1.0
+
+    # -- prefill each prompt once, then share its cache across the group ----------------------
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].float().repeat_interleave(group_size, 0)  # [N, V]
+    mask = mask.repeat_interleave(group_size, 0)  # [N, P]
+    next_pos = mask.sum(-1)  # [N] position of the first completion token
+
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [N, T]
+    logps = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)  # [N, T]
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+    active = torch.arange(n, device=device)  # rows still writing, in cache order
+
+    for t in range(max_new_tokens):
+        scaled = logits / temp  # [R, V]
+        if temperature > 0:
+            probs = torch.softmax(filter_logits(scaled, top_p, top_k), dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+        else:
+            tok = scaled.argmax(-1)
+        lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # [R]
+        tokens[active, t] = tok
+        logps[active, t] = lp
+        done = torch.isin(tok, eos)
+        if done.any():
+            lengths[active[done]] = t + 1
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active, tok = active[keep], tok[keep]
+            mask, next_pos = mask[keep], next_pos[keep]
+            cache.batch_select_indices(keep)
+        if t + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+
+    steps = torch.arange(max_new_tokens, device=device)[None, :]
+    comp_mask = (steps < lengths[:, None]).long()  # [N, T]
+    width = int(lengths.max())
+    truncated = lengths.eq(max_new_tokens) & ~torch.isin(tokens[:, -1], eos)
+    return RolloutBatch(
+        prompt_ids=ids.repeat_interleave(group_size, 0).cpu(),
+        prompt_mask=prompt_mask.repeat_interleave(group_size, 0).cpu(),
+        completion_ids=tokens[:, :width].cpu(),
+        completion_mask=comp_mask[:, :width].cpu(),
+        sampling_logps=logps[:, :width].cpu(),
+        truncated=truncated.cpu(),
+        group_size=group_size,
+    )
+
