@@ -5,8 +5,9 @@ Supported inputs (by extension, case-insensitive):
 - ``.csv``: UTF-8 (a BOM is allowed), first row is the header. Cell values are converted:
   an empty cell becomes ``None``; a cell that is a JSON array or object (starts with ``[``
   and ends with ``]``, or ``{`` ... ``}``) is decoded with :mod:`json`; an integer such as
-  ``42`` or ``-3`` becomes ``int`` (but ``007`` stays text, to keep ids and zip codes); a
-  decimal such as ``2.5`` or ``1e-3`` becomes ``float``; anything else stays a string.
+  ``42`` or ``-3`` becomes ``int`` and a decimal such as ``2.5`` or ``1e-3`` becomes
+  ``float``, except that numbers with leading zeros (``007``) stay text, to keep ids and zip
+  codes; anything else stays a string.
 - ``.jsonl`` / ``.ndjson``: one JSON object per line; blank lines are ignored.
 - ``.json``: one JSON list of objects.
 - ``.parquet``: read with pyarrow.
@@ -49,7 +50,7 @@ SUPPORTED_FORMATS: tuple[str, ...] = (
 
 _BOM = b"\xef\xbb\xbf"
 _INT_RE = re.compile(r"[+-]?(0|[1-9]\d*)")
-_FLOAT_RE = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+_FLOAT_RE = re.compile(r"[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,8 @@ def render_messages(
             hint="add a 'prompt' column, or set prompt_template in the config to build prompts from columns",
         )
     prompt = row["prompt"]
-    if isinstance(prompt, str):
-        if not prompt.strip():
+    if prompt is None or isinstance(prompt, str):
+        if prompt is None or not prompt.strip():
             raise DataError(
                 f"{prefix}the prompt is empty",
                 file=source,
@@ -129,7 +129,7 @@ def render_messages(
             return messages
         return [*system, *messages]
     raise DataError(
-        f"{prefix}'prompt' is a {type(prompt).__name__}, expected text or a list of "
+        f"{prefix}'prompt' is of type {type(prompt).__name__}, expected text or a list of "
         '{"role", "content"} messages',
         file=source,
         line=err_line,
