@@ -98,6 +98,7 @@ def render_messages(
             missing or of the wrong type, or a message has an unknown role.
         ConfigError: the template itself is malformed.
     """
+    source = str(source)  # a Path is welcome too
     err_line, prefix = _where(line, row_number)
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     if template is not None:
