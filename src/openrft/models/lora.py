@@ -60,7 +60,7 @@ def attach_lora(
 
 
 def save_adapter(model: PeftModel, path: str | Path) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors into `path`, atomically.
+    """Write adapter_config.json + adapter_model.safetensors (only) into `path`, atomically.
 
     The adapter is written to ``.<name>.tmp-<pid>`` next to `path`, fsync'ed and renamed into
     place; an existing `path` is moved aside first and removed only after the rename.
@@ -73,6 +73,7 @@ def save_adapter(model: PeftModel, path: str | Path) -> Path:
     moved_aside = False
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
         missing = [name for name in ADAPTER_FILES if not (tmp / name).is_file()]
         if missing:
             raise RuntimeError(f"PEFT did not write {missing} into {tmp}")
