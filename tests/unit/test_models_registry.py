@@ -74,6 +74,14 @@ def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_known_name_wins_over_a_same_named_non_model_directory(
+    fresh_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / TINY).mkdir()  # e.g. a run output folder in the working directory
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model(TINY, progress=False) == fresh_home / "models" / TINY
+
+
 def test_missing_absolute_path_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such directory"):
         resolve_model(str(tmp_path / "nope"))

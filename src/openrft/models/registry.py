@@ -393,15 +393,15 @@ def provision_model(name: str, *, progress: bool = True, force: bool = False) ->
 def resolve_model(name_or_path: str, *, progress: bool = True) -> Path:
     """A model directory for a local path, a known name (provisioned on first use) or a hub id."""
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path.resolve()
+    if name_or_path in KNOWN_MODELS:
+        return provision_model(name_or_path, progress=progress)
     if path.exists():
-        if path.is_dir() and (path / "config.json").is_file():
-            return path.resolve()
         raise ConfigError(
             f"{name_or_path}: not a model directory (no config.json); "
             f"give a directory written by save_pretrained, a hub id or one of: {', '.join(KNOWN_MODELS)}"
         )
-    if name_or_path in KNOWN_MODELS:
-        return provision_model(name_or_path, progress=progress)
     if name_or_path.startswith(("/", "./", "../", "~")):
         raise ConfigError(f"{name_or_path}: no such directory; give an existing model directory")
     return _download_from_hub(name_or_path)
