@@ -228,11 +228,25 @@ def solve(nums: list[int], target: int | float) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1 << 16)
 def _reachable(nums: tuple[int, ...]) -> frozenset[Fraction]:
-    """Every value an expression using each of ``nums`` (sorted) exactly once can take."""
+    """Every value an expression using each of ``nums`` (sorted) exactly once can take.
+
+    Only pairs are memoised: they recur across rows and are small (at most 6 values), while
+    a cache of larger sets (hundreds to thousands of values each) would grow by gigabytes.
+    """
+    if len(nums) <= 2:
+        return _reachable_small(nums)
+    return _combine_splits(nums)
+
+
+@lru_cache(maxsize=1 << 14)
+def _reachable_small(nums: tuple[int, ...]) -> frozenset[Fraction]:
     if len(nums) == 1:
         return frozenset({Fraction(nums[0])})
+    return _combine_splits(nums)
+
+
+def _combine_splits(nums: tuple[int, ...]) -> frozenset[Fraction]:
     values: set[Fraction] = set()
     n = len(nums)
     for mask in range(1, 1 << n):
