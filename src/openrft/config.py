@@ -44,15 +44,23 @@ class LoraSection(_Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear'."
     )
-    init_adapter: str | None = Field(None, description="Start from this saved adapter directory (SFT then RFT).")
+    init_adapter: str | None = Field(
+        None, description="Start from this saved adapter directory (SFT then RFT)."
+    )
 
 
 class DataSection(_Section):
     """Where the rows come from and how each becomes a prompt."""
 
-    train: str = Field(..., description="Training rows: .jsonl, .json, .csv, .parquet or a `datasets` directory.")
-    eval: str | None = Field(None, description="Held-out rows; if unset, `eval_fraction` of `train` is held out.")
-    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of `train` held out when `eval` is unset.")
+    train: str = Field(
+        ..., description="Training rows: .jsonl, .json, .csv, .parquet or a `datasets` directory."
+    )
+    eval: str | None = Field(
+        None, description="Held-out rows; if unset, `eval_fraction` of `train` is held out."
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of `train` held out when `eval` is unset."
+    )
     prompt_template: str | None = Field(
         None, description="Python format string rendered from the row's columns, e.g. 'Solve {question}'."
     )
@@ -82,7 +90,9 @@ class GRPOSection(_Section):
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
     max_new_tokens: int = Field(128, ge=1, description="Completion length cap; longer ones are clipped.")
     # -- advantages
-    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std (off for Dr. GRPO).")
+    scale_rewards: bool = Field(
+        True, description="Divide advantages by the group's reward std (off for Dr. GRPO)."
+    )
     # -- loss
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
         "dapo",
@@ -90,11 +100,17 @@ class GRPOSection(_Section):
         "dr_grpo: sum over tokens / (sequences x max_new_tokens).",
     )
     epsilon: float = Field(0.2, ge=0, description="Lower clip: ratio >= 1 - epsilon.")
-    epsilon_high: float | None = Field(None, ge=0, description="Upper clip (DAPO clip-higher); None = epsilon.")
-    num_iterations: int = Field(1, ge=1, description="Updates per rollout batch (mu); >1 reuses rollout log-probs.")
+    epsilon_high: float | None = Field(
+        None, ge=0, description="Upper clip (DAPO clip-higher); None = epsilon."
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="Updates per rollout batch (mu); >1 reuses rollout log-probs."
+    )
     beta: float = Field(0.0, ge=0, description="KL coefficient against the base model (adapter disabled).")
     mask_truncated_completions: bool = Field(False, description="Exclude clipped completions from the loss.")
-    skip_zero_advantage: bool = Field(True, description="Skip the backward pass for samples with advantage 0.")
+    skip_zero_advantage: bool = Field(
+        True, description="Skip the backward pass for samples with advantage 0."
+    )
 
 
 class OptimSection(_Section):
@@ -107,7 +123,7 @@ class OptimSection(_Section):
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None = off.")
     micro_batch_size: int = Field(
-        16, ge=1, description="Sequences per forward/backward; gradients accumulate over the batch."
+        16, ge=1, description="Sequences per forward/backward; gradients accumulate over the whole batch."
     )
 
 
@@ -116,7 +132,14 @@ class EvalSection(_Section):
 
     max_rows: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
     samples: int = Field(1, ge=1, description="Completions per row (K for pass@K).")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy for the first sample.")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        description="Sampling temperature; None = greedy for 1 sample, 1.0 for several; 0 = greedy.",
+    )
+    success_threshold: float = Field(
+        1.0, description="A sample counts as solved when success_reward >= this."
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="Default: grpo.max_new_tokens.")
     batch_size: int = Field(32, ge=1)
     every: int = Field(0, ge=0, description="Evaluate during training every N steps; 0 = only at the end.")
@@ -129,8 +152,12 @@ class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection
-    rewards: list[RewardSpec] = Field(default_factory=list, description="Reward functions, weighted and summed.")
-    success_reward: str | None = Field(None, description="Reward whose mean is reported as `accuracy` in eval.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="Reward functions, weighted and summed."
+    )
+    success_reward: str | None = Field(
+        None, description="Reward whose mean is reported as `accuracy` in eval."
+    )
     max_reward_error_rate: float = Field(
         0.5, gt=0, le=1, description="Stop the run when a reward function fails on more than this fraction."
     )
@@ -158,13 +185,8 @@ class RunConfig(_Section):
                 f"success_reward {self.success_reward!r} is not a reward name; use one of {names}"
                 + (f" (did you mean {hint!r}?)" if hint else "")
             )
-        batch = self.grpo.prompts_per_step * self.grpo.num_generations
-        mb = self.optim.micro_batch_size
-        if self.method == "grpo" and batch % mb and mb % self.grpo.num_generations:
-            raise ValueError(
-                f"optim.micro_batch_size={mb} must divide the batch (prompts_per_step x num_generations = {batch}) "
-                f"or be a multiple of grpo.num_generations={self.grpo.num_generations}; set it to a divisor of {batch}"
-            )
+        if self.grpo.top_k == 1 and self.grpo.temperature > 0:
+            raise ValueError("grpo.top_k=1 makes the G samples identical (no signal); use top_k 0 or > 1")
         if self.eval.every and self.data.eval is None and self.data.eval_fraction == 0:
             raise ValueError("eval.every > 0 needs held-out rows: set data.eval or data.eval_fraction > 0")
         return self

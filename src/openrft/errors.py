@@ -24,13 +24,13 @@ class DataError(UserError):
         self,
         message: str,
         *,
-        file: str | None = None,
+        file: object = None,
         line: int | None = None,
         column: str | int | None = None,
         hint: str | None = None,
     ) -> None:
         self.file, self.line, self.column, self.hint = file, line, column, hint
-        where = file or "<data>"
+        where = str(file) if file else "<data>"
         if line is not None:
             where += f":{line}"
         if column is not None:

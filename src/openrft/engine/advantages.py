@@ -40,7 +40,7 @@ def group_advantages(
     sq = torch.where(present, (r - mean[:, None]) ** 2, torch.zeros_like(r)).sum(-1)
     std = torch.where(n > 1, (sq / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(mean))  # [B]
     adv = r - mean[:, None]
-    if scale:
-        adv = adv / (std[:, None] + eps)
+    if scale:  # a group with zero spread has all-equal rewards: its advantages are 0, not 0/0
+        adv = torch.where(std[:, None] > 0, adv / (std[:, None] + eps), torch.zeros_like(adv))
     adv = torch.where(present, adv, torch.zeros_like(adv))
     return adv.view(-1).to(rewards.dtype), mean.to(rewards.dtype), std.to(rewards.dtype)

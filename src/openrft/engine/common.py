@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from openrft.config import RunConfig
-from openrft.data import load_rows, render_messages, render_prompt_text, split_rows, validate_rows
+from openrft.data import read_rows, render_messages, render_prompt_text, split_rows, validate_rows
 from openrft.errors import DataError
 from openrft.types import PromptItem
 
@@ -55,11 +55,9 @@ class Splits:
 def load_splits(cfg: RunConfig) -> Splits:
     """Load and validate training (and held-out) rows before any model is loaded."""
     d = cfg.data
-    train = load_rows(d.train)
-    validate_rows(train, template=d.prompt_template, system_prompt=d.system_prompt, source=d.train)
+    train = load_validated(cfg, d.train)
     if d.eval:
-        held = load_rows(d.eval)
-        validate_rows(held, template=d.prompt_template, system_prompt=d.system_prompt, source=d.eval)
+        held = load_validated(cfg, d.eval)
     elif d.eval_fraction > 0:
         train, held = split_rows(train, eval_fraction=d.eval_fraction, seed=cfg.seed)
     else:
@@ -67,18 +65,35 @@ def load_splits(cfg: RunConfig) -> Splits:
     return Splits(train=train, eval=held)
 
 
-def build_prompts(cfg: RunConfig, tokenizer: Any, rows: list[dict[str, Any]], source: str) -> list[PromptItem]:
+def load_validated(cfg: RunConfig, path: str) -> list[dict[str, Any]]:
+    """Read rows and render every prompt once, so a bad row fails with its file and line."""
+    loaded = read_rows(path)
+    validate_rows(
+        loaded.rows,
+        template=cfg.data.prompt_template,
+        system_prompt=cfg.data.system_prompt,
+        source=loaded.source,
+        lines=loaded.lines,
+    )
+    return loaded.rows
+
+
+def build_prompts(
+    cfg: RunConfig, tokenizer: Any, rows: list[dict[str, Any]], source: str
+) -> list[PromptItem]:
     d = cfg.data
     items = []
     for i, row in enumerate(rows):
-        messages = render_messages(row, template=d.prompt_template, system_prompt=d.system_prompt, source=source)
+        messages = render_messages(
+            row, template=d.prompt_template, system_prompt=d.system_prompt, source=source
+        )
         text = render_prompt_text(tokenizer, messages, assistant_prefix=d.assistant_prefix)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > d.max_prompt_tokens:
             raise DataError(
-                f"prompt has {len(ids)} tokens, over data.max_prompt_tokens={d.max_prompt_tokens}",
+                f"row {i + 1}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens "
+                f"({d.max_prompt_tokens})",
                 file=source,
-                line=i + 1,
                 hint="shorten the prompt or raise data.max_prompt_tokens",
             )
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), text)

@@ -109,7 +109,11 @@ def update_policy(
             cm = mask[idx, :width].to(device)  # [n, t]
             args = (batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx, :width])
             logp, ent = completion_logps(
-                model, *args, batch.completion_mask[idx, :width], temperature=g.temperature, with_entropy=it == 0
+                model,
+                *args,
+                batch.completion_mask[idx, :width],
+                temperature=g.temperature,
+                with_entropy=it == 0,
             )
             old = batch.sampling_logps[idx, :width].to(device) if g.num_iterations > 1 else logp.detach()
             ref = None
@@ -237,7 +241,9 @@ def train_grpo(
     reporter = reporter or NullReporter()
     run = RunDir(output_dir or cfg.output_dir)
     if not resume and run.metrics_file.exists() and run.metrics_file.stat().st_size > 0:
-        raise ConfigError(f"{run.path} already holds a run; pass --resume to continue it or choose another --output-dir")
+        raise ConfigError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --output-dir"
+        )
 
     # -- setup: everything that can fail on user input fails before the model loads ---------------
     splits = load_splits(cfg)
@@ -254,7 +260,6 @@ def train_grpo(
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     names = [r.name for r in cfg.rewards]
     weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
-    g = cfg.grpo
 
     start = 0
     ckpt.cleanup_partial(run.checkpoints)
@@ -271,7 +276,19 @@ def train_grpo(
         with rewards:
             for step in range(start + 1, cfg.max_steps + 1):
                 metrics = _train_step(
-                    cfg, step, model, tok, optimizer, scheduler, rewards, prompts, names, weights, eos, pad, run
+                    cfg,
+                    step,
+                    model,
+                    tok,
+                    optimizer,
+                    scheduler,
+                    rewards,
+                    prompts,
+                    names,
+                    weights,
+                    eos,
+                    pad,
+                    run,
                 )
                 if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                     t0 = time.perf_counter()
@@ -325,7 +342,8 @@ def _train_step(
     t_step = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step))
     batch_prompts = [
-        prompts[i] for i in batch_indices(len(prompts), step - 1, g.prompts_per_step, cfg.seed, cfg.data.shuffle)
+        prompts[i]
+        for i in batch_indices(len(prompts), step - 1, g.prompts_per_step, cfg.seed, cfg.data.shuffle)
     ]
 
     with timer("rollout"):
@@ -348,7 +366,9 @@ def _train_step(
     with timer("reward"):
         expanded = [batch_prompts[i // g.num_generations] for i in range(batch.num_sequences)]
         scores = rewards.score([p.text for p in expanded], completions, [p.row for p in expanded])
-        values = torch.tensor(scores.values, dtype=torch.float32).view(batch.num_sequences, len(names))  # [N, F]
+        values = torch.tensor(scores.values, dtype=torch.float32).view(
+            batch.num_sequences, len(names)
+        )  # [N, F]
 
     with timer("advantage"):
         totals = weighted_total(values, weights)  # [N]
@@ -397,4 +417,3 @@ def decode_completions(tok: Any, batch: RolloutBatch, prefix: str) -> list[str]:
     for ids, m in zip(batch.completion_ids, batch.completion_mask, strict=True):
         out.append(prefix + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
     return out
-

@@ -52,7 +52,11 @@ def completion_logps(
     mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)
     t = completion_ids.shape[1]
     out = causal_lm(model)(
-        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, logits_to_keep=t + 1
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask),
+        use_cache=False,
+        logits_to_keep=t + 1,
     )
     logits = out.logits[:, :-1]  # [N, T, V]: position i predicts completion token i
     if temperature != 1.0 and temperature > 0:

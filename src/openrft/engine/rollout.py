@@ -73,7 +73,9 @@ def sample_groups(
     temp = temperature if temperature > 0 else 1.0
 
     # -- prefill each prompt once, then share its cache across the group ----------------------
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1
+    )
     cache = out.past_key_values
     cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].float().repeat_interleave(group_size, 0)  # [N, V]
@@ -130,4 +132,3 @@ def sample_groups(
         truncated=truncated.cpu(),
         group_size=group_size,
     )
-

@@ -72,4 +72,6 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():
             return []
-        return [json.loads(x) for x in self.metrics_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [
+            json.loads(x) for x in self.metrics_file.read_text(encoding="utf-8").splitlines() if x.strip()
+        ]

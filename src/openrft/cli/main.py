@@ -1,0 +1,133 @@
+"""`openrft` command line. Commands are thin: they parse options and call library functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from openrft.cli.models import app as models_app
+from openrft.errors import UserError
+
+app = typer.Typer(
+    help="OpenRFT: reinforcement fine-tuning (GRPO) of LoRA adapters from a handful of prompts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+]
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")
+    ] = False,
+) -> None:
+    """Train an adapter as the config says (GRPO by default) with a live progress bar."""
+    from openrft.config import load_config
+    from openrft.engine.grpo import train_grpo
+    from openrft.tracking.progress import RichReporter
+
+    cfg = load_config(config, overrides or [])
+    if cfg.method != "grpo":
+        raise UserError(f"method {cfg.method!r} is not available yet; use method: grpo")
+    run = train_grpo(cfg, output_dir=output_dir, resume=resume, reporter=RichReporter(err_console))
+    err_console.print(f"[green]done:[/] adapter in {run / 'adapter'}")
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    adapter: Annotated[Path | None, typer.Option(help="Adapter directory; omit for the base model.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Rows to evaluate; default: the config's held-out rows.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Completions per row (K for pass@K).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the full report (JSON) here.")] = None,
+) -> None:
+    """Evaluate the base model or an adapter: each reward's mean, accuracy, pass@K."""
+    from openrft.config import load_config
+    from openrft.evaluation.evaluate import evaluate, write_report
+    from openrft.tracking.progress import RichReporter
+
+    cfg = load_config(config, overrides or [])
+    report = evaluate(
+        cfg,
+        adapter=adapter,
+        data=str(data) if data else None,
+        samples=samples,
+        reporter=RichReporter(err_console),
+    )
+    if output:
+        write_report(report, output)
+    summary = {k: v for k, v in report.items() if k != "details"}
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+data_app = typer.Typer(help="Datasets: generate task data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("countdown")
+def data_countdown(
+    n: Annotated[int, typer.Option(help="Rows to write.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output .jsonl file.")] = Path("countdown.jsonl"),
+    num_count: Annotated[int, typer.Option(help="Numbers per puzzle.")] = 3,
+    min_num: Annotated[int, typer.Option()] = 1,
+    max_num: Annotated[int, typer.Option()] = 99,
+    min_target: Annotated[int, typer.Option()] = 1,
+    max_target: Annotated[int, typer.Option()] = 100,
+) -> None:
+    """Write a Countdown dataset (columns `nums` and `target`; every row solvable)."""
+    from openrft.tasks import countdown
+
+    try:
+        rows = countdown.generate(
+            n,
+            num_count=num_count,
+            min_num=min_num,
+            max_num=max_num,
+            min_target=min_target,
+            max_target=max_target,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise UserError(f"countdown: {e}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, out)
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+app.add_typer(models_app, name="models")
+
+
+def main() -> None:
+    """Console entry point: a UserError prints as one red line and exits 2, without a traceback."""
+    try:
+        app()
+    except UserError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
