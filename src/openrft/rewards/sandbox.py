@@ -1,0 +1,199 @@
+"""The isolation a reward worker puts itself under before it runs user code.
+
+Layers, strongest first (the parent sets up the first two when it starts the worker):
+
+1. **Namespaces** (when ``unshare`` works: root, or unprivileged user namespaces): a new network
+   namespace (no interface but a down loopback) for workers of functions without
+   ``allow_network``; a new PID namespace with its own ``/proc`` so the worker cannot see other
+   processes (nor read their environment) and every process it starts dies with it.
+2. **A scrubbed environment**: the worker is started with only PATH, HOME/TMPDIR (its own temp
+   dir), LANG/LC_ALL/TZ and PYTHONPATH, so the trainer's secrets never enter it.
+3. **Resource limits** (`apply_limits`): address space (a 4 GB allocation raises MemoryError),
+   file size, CPU seconds (backstop; the parent's wall-clock timeout is the real one), no core
+   dumps, and, for non-root users, a cap on processes (the kernel exempts root from it).
+4. **An audit hook** (`install_audit_hook`, PEP 578): refuses, with PermissionError, Python-level
+   process creation (fork, exec, spawn, subprocess, system), signals to processes (os.kill,
+   killpg, pthread_kill), raising resource limits, reading other processes' ``/proc`` entries
+   and, unless the function allows network, creating non-Unix sockets, connecting, binding and
+   resolving names.
+
+Limits of layer 4 (why layers 1-3 exist): audit hooks see only what Python raises events for;
+code that calls libc through ``ctypes`` or a C extension can fork or open sockets without an
+event. Hooks are a guard against mistakes and model-written code, not a security boundary.
+Without working namespaces (no root, user namespaces disabled), network and process isolation
+rest on layer 4 alone; `isolation_report` says which layers are active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+_SPAWN_EVENTS = frozenset(
+    {
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.exec",
+        "os.system",
+        "os.startfile",
+        "subprocess.Popen",
+        "pty.spawn",
+    }
+)
+_SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg", "signal.pthread_kill"})
+_LIMIT_EVENTS = frozenset({"resource.setrlimit", "resource.prlimit"})
+_NET_EVENTS = frozenset(
+    {
+        "socket.connect",
+        "socket.bind",
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyname_ex",
+        "socket.gethostbyaddr",
+        "socket.getnameinfo",
+    }
+)
+_LOCAL_FAMILIES = frozenset({int(socket.AF_UNIX)})
+
+_trusted_depth = 0
+
+
+@contextlib.contextmanager
+def trusted_spawn() -> Iterator[None]:
+    """Let *our own* grader code (e.g. `python_tests`) start a subprocess while the hook is on.
+
+    Not a capability: user code in the same process could enter it too. It exists so built-in
+    graders can run model-written code in a further-restricted child process.
+    """
+    global _trusted_depth
+    _trusted_depth += 1
+    try:
+        yield
+    finally:
+        _trusted_depth -= 1
+
+
+def _other_proc_path(path: Any, own_pid: str) -> bool:
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    if not isinstance(path, str) or "/proc/" not in path:
+        return False
+    parts = os.path.normpath(os.path.join(os.getcwd(), path) if not path.startswith("/") else path).split("/")
+    return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != own_pid
+
+
+def make_audit_hook(allow_network: bool) -> Any:
+    """The audit hook function (see the module docstring for what it refuses)."""
+    own_pid = str(os.getpid())
+
+    def hook(event: str, args: tuple) -> None:
+        if _trusted_depth:
+            return
+        if event in _SPAWN_EVENTS:
+            raise PermissionError(f"reward sandbox: starting processes is not allowed ({event})")
+        if event in _SIGNAL_EVENTS:
+            raise PermissionError(f"reward sandbox: sending signals is not allowed ({event})")
+        if event in _LIMIT_EVENTS:
+            raise PermissionError("reward sandbox: changing resource limits is not allowed")
+        if event == "open" and args and _other_proc_path(args[0], own_pid):
+            raise PermissionError(f"reward sandbox: other processes' /proc entries are hidden ({args[0]})")
+        if allow_network:
+            return
+        if event == "socket.__new__" and len(args) > 1 and args[1] not in _LOCAL_FAMILIES:
+            raise PermissionError(
+                "reward sandbox: network access is off for this reward (set allow_network: true in its spec)"
+            )
+        if event in _NET_EVENTS:
+            sock = args[0] if args else None
+            if isinstance(sock, socket.socket) and sock.family in _LOCAL_FAMILIES:
+                return
+            raise PermissionError(
+                f"reward sandbox: network access is off for this reward ({event}; "
+                "set allow_network: true in its spec)"
+            )
+
+    return hook
+
+
+def install_audit_hook(allow_network: bool) -> None:
+    """Install the hook for the rest of this process's life (audit hooks cannot be removed)."""
+    sys.addaudithook(make_audit_hook(allow_network))
+
+
+def _set(limit: int, soft: int, hard: int | None = None) -> bool:
+    hard = soft if hard is None else hard
+    _, cur_hard = resource.getrlimit(limit)
+    if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
+        hard = cur_hard
+    soft = min(soft, hard) if hard != resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(limit, (soft, hard))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def apply_limits(memory_mb: int, cpu_s: int, fsize_mb: int, nproc: int | None) -> dict[str, bool]:
+    """Set this process's resource limits; returns which ones took effect.
+
+    ``nproc`` is the RLIMIT_NPROC value (the kernel counts all processes of the real user, so the
+    parent passes "processes the user has now + a few"); None or running as root skips it.
+    """
+    done = {
+        "memory": _set(resource.RLIMIT_AS, memory_mb * 2**20),
+        "cpu": _set(resource.RLIMIT_CPU, cpu_s, cpu_s + 5),
+        "fsize": _set(resource.RLIMIT_FSIZE, fsize_mb * 2**20),
+        "core": _set(resource.RLIMIT_CORE, 0),
+        "nproc": False,
+    }
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-size write raises OSError instead
+    if nproc is not None and os.geteuid() != 0:
+        done["nproc"] = _set(resource.RLIMIT_NPROC, nproc)
+    return done
+
+
+def user_process_count(uid: int | None = None) -> int:
+    """How many processes the (real) user owns now, from /proc; 0 when /proc is unreadable."""
+    uid = os.getuid() if uid is None else uid
+    count = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("Uid:"):
+                        count += int(line.split()[1]) == uid
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return count
+
+
+# The hook, as source, for child processes of built-in graders (python_tests): no network, no
+# processes, no signals, no limits, no other /proc entries; nothing trusted.
+CHILD_HOOK_SOURCE = """
+import os as _os, sys as _sys, socket as _socket
+def _openrft_hook(event, args, _pid=str(_os.getpid()), _deny=frozenset(DENY)):
+    if event in _deny or event.startswith("socket."):
+        raise PermissionError("sandbox: " + event + " is not allowed")
+    if event == "open" and args and isinstance(args[0], str) and args[0].startswith("/proc/"):
+        part = args[0].split("/")[2] if args[0].count("/") >= 2 else ""
+        if part.isdigit() and part != _pid:
+            raise PermissionError("sandbox: other processes are hidden")
+_sys.addaudithook(_openrft_hook)
+""".replace("DENY", repr(sorted(_SPAWN_EVENTS | _SIGNAL_EVENTS | _LIMIT_EVENTS)))

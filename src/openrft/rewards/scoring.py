@@ -1,0 +1,454 @@
+"""Score completions with a set of reward functions: `RewardSet` -> `RewardScores`.
+
+Usage (the engine's side)::
+
+    with RewardSet(cfg.rewards, base_dir=config_dir, max_error_rate=cfg.max_reward_error_rate) as rs:
+        future = rs.submit(prompts, completions, examples)   # runs in the workers...
+        next_batch = rollout(...)                              # ...while this runs here
+        scores = future.result()                               # RewardScores, or RewardError
+        advantages_from(scores.total)                          # NaN = no value for that sample
+        log(scores.metrics())                                  # rewards/<name>/mean, std, errors...
+
+Every call of every function ends in one `Outcome` (see `outcomes`). After each batch the
+cumulative user-error rate of each function (errors / calls since the set was made) is checked:
+past `max_error_rate`, once a function has had `min_samples_for_error_rate` calls, the batch
+raises `RewardError` naming the function and rate, with sample tracebacks. A batch that already
+cannot end under the threshold is stopped early instead of running its remaining calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openrft.errors import RewardError
+from openrft.rewards import loader
+from openrft.rewards.outcomes import VALUE_CAP, Outcome, classify
+from openrft.rewards.pool import (
+    CallRequest,
+    InspectRequest,
+    PoolSettings,
+    Profile,
+    WorkerPool,
+    default_pool_size,
+)
+from openrft.rewards.spec import RewardSpec
+
+_MAX_CHUNK = 32
+
+
+@dataclass
+class RewardScores:
+    """Rewards for one batch. ``values[i][f]`` is sample i, function f; NaN = no value (the
+    function returned None, or the sample was excluded after infrastructure errors). User errors
+    are 0.0. ``total[i]`` is the weighted sum over the functions that have a value (NaN only
+    when none has)."""
+
+    names: list[str]
+    weights: list[float]
+    values: list[list[float]]  # [N][F]
+    total: list[float]  # [N]
+    errors: dict[str, int]  # user errors in this batch, per function
+    infra_errors: dict[str, int]  # samples excluded after the worker died twice
+    none: dict[str, int]  # samples the function said were not applicable
+    infra_retries: dict[str, int]  # samples re-run after a worker died (then scored normally)
+    tracebacks: dict[str, list[str]]  # the last few error details of this batch, per function
+    time_s: float
+
+    def column(self, name: str) -> list[float]:
+        """The values of one function, per sample."""
+        f = self.names.index(name)
+        return [row[f] for row in self.values]
+
+    def metrics(self) -> dict[str, float]:
+        """Per-function metrics, TRL names: ``rewards/<name>/mean`` and ``/std`` (over samples
+        with a value; NaN if none), ``/errors``, ``/infra_errors``, ``/none``."""
+        out: dict[str, float] = {}
+        for name in self.names:
+            vals = [v for v in self.column(name) if not math.isnan(v)]
+            mean = sum(vals) / len(vals) if vals else math.nan
+            if len(vals) > 1:
+                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            else:
+                std = 0.0 if vals else math.nan
+            out[f"rewards/{name}/mean"] = mean
+            out[f"rewards/{name}/std"] = std
+            out[f"rewards/{name}/errors"] = float(self.errors[name])
+            out[f"rewards/{name}/infra_errors"] = float(self.infra_errors[name])
+            out[f"rewards/{name}/none"] = float(self.none[name])
+        return out
+
+
+def weighted_total(row: Sequence[float], weights: Sequence[float]) -> float:
+    """Weighted sum of the values that are not NaN; NaN if all are.
+
+    >>> weighted_total([1.0, float("nan"), 0.5], [1.0, 2.0, 2.0])
+    2.0
+    """
+    parts = [w * v for v, w in zip(row, weights, strict=True) if not math.isnan(v)]
+    return sum(parts) if parts else math.nan
+
+
+@dataclass
+class _Stats:
+    calls: int = 0
+    errors: int = 0
+    infra: int = 0
+    none: int = 0
+    tracebacks: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+
+
+def _where(tb: str) -> str:
+    """``file:line`` of the innermost frame of a traceback text, or ''."""
+    found = re.findall(r'File "([^"]+)", line (\d+)', tb)
+    return f"{found[-1][0]}:{found[-1][1]}: " if found else ""
+
+
+class _Job:
+    """One submitted batch: collects outcomes from the slot threads, then resolves the future."""
+
+    def __init__(self, rs: RewardSet, n: int, active: list[int], requests: int) -> None:
+        f_count = len(rs.specs)
+        self.rs, self.n, self.active = rs, n, active
+        self.values = [[math.nan] * f_count for _ in range(n)]
+        self.seen = [0] * f_count
+        self.errors, self.infra, self.none, self.retries = ([0] * f_count for _ in range(4))
+        self.tracebacks: list[list[str]] = [[] for _ in range(f_count)]
+        self.remaining = requests
+        self.lock = threading.Lock()
+        self.future: Future[RewardScores] = Future()
+        self.aborted = False
+        self.t0 = time.perf_counter()
+
+    def outcome(self, f: int, i: int, o: Outcome) -> None:
+        with self.lock:
+            if self.aborted:
+                return
+            self.values[i][f] = o.score
+            self.seen[f] += 1
+            if o.kind == "none":
+                self.none[f] += 1
+                return
+            if o.kind == "value":
+                return
+            if o.kind == "error":
+                self.errors[f] += 1
+            else:
+                self.infra[f] += 1
+            self.tracebacks[f] = [*self.tracebacks[f][-4:], f"sample {i}: {o.detail}"]
+            message = self.rs._doomed(f, self.errors[f], self.infra[f], self.n, self.tracebacks[f])
+            if message:
+                self._abort(RewardError(message))
+
+    def retry(self, f: int) -> None:
+        with self.lock:
+            self.retries[f] += 1
+
+    def done(self, exc: BaseException | None) -> None:
+        with self.lock:
+            self.remaining -= 1
+            if self.aborted:
+                return
+            if exc is not None:
+                self._abort(exc)
+                return
+            if self.remaining:
+                return
+            if any(self.seen[f] != self.n for f in self.active):
+                self._abort(RuntimeError("the RewardSet was closed before the batch was scored"))
+                return
+            message = self.rs._commit(self)
+            if message:
+                self.aborted = True
+                self.future.set_exception(RewardError(message))
+            else:
+                self.future.set_result(self._scores())
+
+    def _abort(self, exc: BaseException) -> None:
+        self.aborted = True
+        self.rs._commit(self)
+        self.future.set_exception(exc)
+
+    def cancelled(self) -> bool:
+        return self.aborted
+
+    def _scores(self) -> RewardScores:
+        names = [s.name for s in self.rs.specs]
+        weights = [s.weight for s in self.rs.specs]
+
+        def per(counts: list[int]) -> dict[str, int]:
+            return dict(zip(names, counts, strict=True))
+
+        return RewardScores(
+            names=names,
+            weights=weights,
+            values=self.values,
+            total=[weighted_total(row, weights) for row in self.values],
+            errors=per(self.errors),
+            infra_errors=per(self.infra),
+            none=per(self.none),
+            infra_retries=per(self.retries),
+            tracebacks=dict(zip(names, self.tracebacks, strict=True)),
+            time_s=time.perf_counter() - self.t0,
+        )
+
+
+class RewardSet:
+    """The reward functions of a run, loaded into warm isolated workers.
+
+    Args:
+        specs: the functions (`RewardSpec`, or dicts of its fields).
+        base_dir: folder that relative file paths and module lookups start from (the config's).
+        max_error_rate: stop (RewardError) when a function's cumulative user-error rate, or its
+            infrastructure-error rate, goes past this fraction.
+        min_samples_for_error_rate: calls of a function before its rate is judged.
+        pool_size: workers per isolation profile; default min(2, CPU count).
+        value_cap: largest accepted abs(value); bigger or non-finite values are user errors.
+        namespaces: None = use `unshare` namespaces when they work; True = require; False = never.
+
+    Raises:
+        RewardError: a function string does not resolve, or a function fails to load.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[RewardSpec | Mapping[str, Any]],
+        base_dir: str | Path | None = None,
+        *,
+        max_error_rate: float = 0.5,
+        min_samples_for_error_rate: int = 20,
+        pool_size: int | None = None,
+        value_cap: float = VALUE_CAP,
+        namespaces: bool | None = None,
+    ) -> None:
+        self.specs = [s if isinstance(s, RewardSpec) else RewardSpec.model_validate(s) for s in specs]
+        if not self.specs:
+            raise RewardError("no reward functions given; add at least one entry under `rewards`")
+        names = [s.name for s in self.specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise RewardError(f"reward names must be unique; rename the repeated {dupes}")
+        if not 0 < max_error_rate <= 1:
+            raise RewardError(f"max_error_rate must be in (0, 1], got {max_error_rate}")
+        self.base_dir = str(Path(base_dir).resolve()) if base_dir else None
+        for spec in self.specs:
+            loader.check_function(spec.function, self.base_dir, spec.kwargs, spec.name)
+        self.max_error_rate = max_error_rate
+        self.min_samples = min_samples_for_error_rate
+        self.value_cap = value_cap
+        self._lock = threading.Lock()
+        self._stats = [_Stats() for _ in self.specs]
+        self._closed = False
+        settings = PoolSettings(size=pool_size or default_pool_size(), namespaces=namespaces)
+        sys_path = loader.search_path(self.base_dir)
+        self._pools: dict[Profile, WorkerPool] = {}
+        self._fns: list[dict[str, Any]] = []
+        self._profiles: list[Profile] = []
+        for spec in self.specs:
+            profile = Profile(allow_network=spec.allow_network, memory_mb=spec.memory_mb)
+            if profile not in self._pools:
+                self._pools[profile] = WorkerPool(profile, settings, sys_path)
+            self._profiles.append(profile)
+            digest = hashlib.sha1(
+                json.dumps([spec.function, spec.kwargs], sort_keys=True, default=repr).encode()
+            ).hexdigest()[:10]
+            self._fns.append(
+                {
+                    "key": f"{spec.name}-{digest}",
+                    "function": spec.function,
+                    "base_dir": self.base_dir,
+                    "kwargs": spec.kwargs,
+                }
+            )
+        try:
+            self._styles = self._inspect_all()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _inspect_all(self) -> list[tuple[bool, bool]]:
+        reqs = []
+        for f, fn in enumerate(self._fns):
+            req = InspectRequest(fn)
+            self._pools[self._profiles[f]].submit(req)
+            reqs.append(req)
+        styles = []
+        for spec, req in zip(self.specs, reqs, strict=True):
+            msg = req.future.result()
+            if not msg.get("ok"):
+                tb = str(msg.get("tb", ""))
+                raise RewardError(
+                    f"{_where(tb)}reward {spec.name!r} ({spec.function}) cannot be loaded: {msg.get('msg')}"
+                )
+            styles.append((bool(msg.get("batched")), bool(msg.get("is_async"))))
+        return styles
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def submit(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        examples: Sequence[Mapping[str, Any]],
+        functions: Sequence[str] | None = None,
+    ) -> Future[RewardScores]:
+        """Start scoring in the workers; returns at once. `functions` limits scoring to these
+        names (the others get NaN). The future raises `RewardError` past the error rate."""
+        if self._closed:
+            raise RuntimeError("this RewardSet is closed")
+        n = len(completions)
+        if len(prompts) != n or len(examples) != n:
+            raise ValueError(f"got {len(prompts)} prompts, {n} completions and {len(examples)} examples")
+        names = [s.name for s in self.specs]
+        wanted = names if functions is None else list(functions)
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise ValueError(f"unknown reward names {unknown}; known: {names}")
+        active = [f for f, name in enumerate(names) if name in wanted]
+        items = [(i, prompts[i], completions[i], dict(examples[i])) for i in range(n)]
+        plan = [(f, chunk) for f in active for chunk in self._chunks(f, items)]
+        job = _Job(self, n, active, len(plan))
+        if not plan:
+            job.remaining = 1
+            job.done(None)
+            return job.future
+        for f, chunk in plan:
+            spec = self.specs[f]
+            batched, is_async = self._styles[f]
+            req = CallRequest(
+                fn=self._fns[f],
+                items=chunk,
+                concurrent=batched or is_async,
+                timeout_s=spec.timeout_s,
+                classify=lambda v, r=spec.range: classify(v, r, self.value_cap),
+                on_outcome=lambda i, o, f=f: job.outcome(f, i, o),
+                on_done=job.done,
+                cancelled=job.cancelled,
+                on_retry=lambda i, f=f: job.retry(f),
+            )
+            self._pools[self._profiles[f]].submit(req)
+        return job.future
+
+    def score(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        examples: Sequence[Mapping[str, Any]],
+        functions: Sequence[str] | None = None,
+    ) -> RewardScores:
+        """Score a batch and wait for it (`submit(...).result()`)."""
+        return self.submit(prompts, completions, examples, functions).result()
+
+    def _chunks(self, f: int, items: list) -> list[list]:
+        if not items:
+            return []
+        batched, is_async = self._styles[f]
+        if batched:
+            return [items]
+        size = self._pools[self._profiles[f]].settings.size
+        if is_async:
+            step = math.ceil(len(items) / size)
+        else:
+            step = max(1, min(_MAX_CHUNK, math.ceil(len(items) / (2 * size))))
+        return [items[k : k + step] for k in range(0, len(items), step)]
+
+    # -- error rates -----------------------------------------------------------------------------
+    def _message(self, f: int, errors: int, infra: int, calls: int, tracebacks: Sequence[str]) -> str | None:
+        if calls < self.min_samples or calls == 0:
+            return None
+        spec = self.specs[f]
+        for count, what in (
+            (errors, "failed (user errors: raised, timed out, or returned a non-number)"),
+            (infra, "crashed the reward worker (infrastructure errors)"),
+        ):
+            rate = count / calls
+            if rate > self.max_error_rate:
+                samples = "\n".join(f"--- {tb}" for tb in list(tracebacks)[-3:])
+                return (
+                    f"reward {spec.name!r} ({spec.function}): {rate:.0%} of {calls} calls {what}, over "
+                    f"max_error_rate {self.max_error_rate:g}; fix the function (or raise "
+                    f"max_reward_error_rate). Last errors:\n{samples}"
+                )
+        return None
+
+    def _doomed(self, f: int, job_errors: int, job_infra: int, n: int, job_tbs: list[str]) -> str | None:
+        """An error message if function f's rate will be past the limit whatever the rest of
+        this batch does (so the batch can stop now)."""
+        with self._lock:
+            st = self._stats[f]
+            return self._message(
+                f, st.errors + job_errors, st.infra + job_infra, st.calls + n, [*st.tracebacks, *job_tbs]
+            )
+
+    def _commit(self, job: _Job) -> str | None:
+        """Add a finished (or stopped) batch to the cumulative stats; the error message, if any."""
+        message = None
+        with self._lock:
+            for f in job.active:
+                st = self._stats[f]
+                st.calls += job.seen[f]
+                st.errors += job.errors[f]
+                st.infra += job.infra[f]
+                st.none += job.none[f]
+                st.tracebacks.extend(job.tracebacks[f])
+                message = message or self._message(f, st.errors, st.infra, st.calls, st.tracebacks)
+        return message
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Cumulative counts per function: calls, errors, infra_errors, none, last tracebacks."""
+        with self._lock:
+            return {
+                spec.name: {
+                    "calls": st.calls,
+                    "errors": st.errors,
+                    "infra_errors": st.infra,
+                    "none": st.none,
+                    "error_rate": st.errors / st.calls if st.calls else 0.0,
+                    "tracebacks": list(st.tracebacks),
+                }
+                for spec, st in zip(self.specs, self._stats, strict=True)
+            }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def weights(self) -> list[float]:
+        return [s.weight for s in self.specs]
+
+    def call_styles(self) -> dict[str, dict[str, bool]]:
+        """Per function: whether it was detected as batched and as async."""
+        pairs = zip(self.specs, self._styles, strict=True)
+        return {s.name: {"batched": b, "is_async": a} for s, (b, a) in pairs}
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (as this process sees them)."""
+        return [pid for pool in self._pools.values() for pid in pool.pids()]
+
+    def isolation(self) -> list[dict[str, Any]]:
+        """Which isolation layers each pool runs under."""
+        return [pool.isolation() for pool in self._pools.values()]
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._closed = True
+        for pool in self._pools.values():
+            pool.close()
+
+    def __enter__(self) -> RewardSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
