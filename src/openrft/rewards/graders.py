@@ -107,7 +107,7 @@ def bleu(candidate: Sequence[str], reference: Sequence[str], max_n: int = 4) -> 
     >>> bleu("the cat sat on the mat".split(), "the cat sat on the mat".split())
     1.0
     >>> round(bleu("the cat".split(), "the cat sat on the mat".split()), 3)
-    0.043
+    0.135
     """
     if not candidate or not reference:
         return 0.0
