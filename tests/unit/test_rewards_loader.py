@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,8 @@ def test_call_helpers_pass_columns_as_lists() -> None:
     assert asyncio.run(coro) == 0.5
 
 
-def test_load_function_binds_kwargs_and_loads_files(tmp_path: Path) -> None:
+def test_load_function_binds_kwargs_and_loads_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_function adds the file's folder
     (tmp_path / "helper_mod_x.py").write_text("BONUS = 2.0\n")
     (tmp_path / "r.py").write_text(
         "from helper_mod_x import BONUS\n\ndef score(prompt, completion, example, *, scale=1.0):\n"

@@ -53,7 +53,7 @@ NONE = Outcome("none", math.nan)
 def to_wire(value: Any) -> tuple[float | None, str | None]:
     """Worker side: a returned object as (number or None, None), or (None, error message).
 
-    Accepts None, bool and any `numbers.Real` (int, float, numpy scalars); refuses strings
+    Accepts None, bool and any `numbers.Real` (int, float, numpy scalars, numpy bools); refuses strings
     (even "0.5"), lists, tensors and everything else.
 
     >>> to_wire(3)
@@ -63,7 +63,9 @@ def to_wire(value: Any) -> tuple[float | None, str | None]:
     """
     if value is None:
         return None, None
-    if isinstance(value, numbers.Real):
+    if isinstance(value, numbers.Real) or (
+        type(value).__name__ in ("bool_", "bool") and hasattr(value, "item")
+    ):
         try:
             return float(value), None
         except (OverflowError, ValueError, TypeError) as e:

@@ -146,7 +146,9 @@ class _Job:
             else:
                 self.infra[f] += 1
             self.tracebacks[f] = [*self.tracebacks[f][-4:], f"sample {i}: {o.detail}"]
-            message = self.rs._doomed(f, self.errors[f], self.infra[f], self.n, self.tracebacks[f])
+            message = self.rs._doomed(
+                f, self.errors[f], self.infra[f], self.n, self.seen[f], self.tracebacks[f]
+            )
             if message:
                 self._abort(RewardError(message))
 
@@ -363,31 +365,39 @@ class RewardSet:
         return [items[k : k + step] for k in range(0, len(items), step)]
 
     # -- error rates -----------------------------------------------------------------------------
-    def _message(self, f: int, errors: int, infra: int, calls: int, tracebacks: Sequence[str]) -> str | None:
+    def _message(
+        self, f: int, errors: int, infra: int, calls: int, tracebacks: Sequence[str], early: bool = False
+    ) -> str | None:
         if calls < self.min_samples or calls == 0:
             return None
         spec = self.specs[f]
-        for count, what in (
-            (errors, "failed (user errors: raised, timed out, or returned a non-number)"),
-            (infra, "crashed the reward worker (infrastructure errors)"),
-        ):
+        kinds = (
+            (errors, "failed", "fix the function (it raised, timed out or returned a non-number)"),
+            (
+                infra,
+                "crashed the reward worker",
+                "see the worker log below (out of memory? a crash in C code?)",
+            ),
+        )
+        for count, verb, hint in kinds:
             rate = count / calls
             if rate > self.max_error_rate:
+                rest = "; the rest of this batch was skipped" if early else ""
                 samples = "\n".join(f"--- {tb}" for tb in list(tracebacks)[-3:])
                 return (
-                    f"reward {spec.name!r} ({spec.function}): {rate:.0%} of {calls} calls {what}, over "
-                    f"max_error_rate {self.max_error_rate:g}; fix the function (or raise "
-                    f"max_reward_error_rate). Last errors:\n{samples}"
+                    f"reward {spec.name!r} ({spec.function}): {count} of {calls} calls {verb} "
+                    f"({rate:.0%}, over max_error_rate {self.max_error_rate:g}{rest}); {hint}, or raise "
+                    f"max_reward_error_rate. Last errors:\n{samples}"
                 )
         return None
 
-    def _doomed(self, f: int, job_errors: int, job_infra: int, n: int, job_tbs: list[str]) -> str | None:
+    def _doomed(self, f: int, errors: int, infra: int, n: int, seen: int, tbs: list[str]) -> str | None:
         """An error message if function f's rate will be past the limit whatever the rest of
-        this batch does (so the batch can stop now)."""
+        this batch (n calls, `seen` done) does, so the batch can stop now."""
         with self._lock:
             st = self._stats[f]
             return self._message(
-                f, st.errors + job_errors, st.infra + job_infra, st.calls + n, [*st.tracebacks, *job_tbs]
+                f, st.errors + errors, st.infra + infra, st.calls + n, [*st.tracebacks, *tbs], seen < n
             )
 
     def _commit(self, job: _Job) -> str | None:
