@@ -94,13 +94,18 @@ def data_countdown(
     max_num: Annotated[int, typer.Option()] = 99,
     min_target: Annotated[int, typer.Option()] = 1,
     max_target: Annotated[int, typer.Option()] = 100,
+    exclude: Annotated[
+        Path | None, typer.Option(help="Leave out puzzles present in this .jsonl (for a disjoint eval set).")
+    ] = None,
 ) -> None:
     """Write a Countdown dataset (columns `nums` and `target`; every row solvable)."""
+    from openrft.data import load_rows
     from openrft.tasks import countdown
 
+    seen = {(tuple(sorted(r["nums"])), r["target"]) for r in load_rows(exclude)} if exclude else set()
     try:
         rows = countdown.generate(
-            n,
+            n + len(seen),
             num_count=num_count,
             min_num=min_num,
             max_num=max_num,
@@ -110,6 +115,7 @@ def data_countdown(
         )
     except ValueError as e:
         raise UserError(f"countdown: {e}") from None
+    rows = [r for r in rows if (tuple(sorted(r["nums"])), r["target"]) not in seen][:n]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
