@@ -39,6 +39,20 @@ def forky(prompt, completion, example):
     while True:
         os.fork()
 
+def ctypes_forks(prompt, completion, example):
+    # Bypasses the audit hook: only the process cap (pids cgroup or RLIMIT_NPROC) stops it.
+    libc = ctypes.CDLL(None)
+    n = 0
+    for _ in range(100):
+        pid = libc.fork()
+        if pid == 0:
+            libc.sleep(5)
+            libc._exit(0)
+        if pid < 0:
+            break
+        n += 1
+    return float(n)
+
 def shell(prompt, completion, example):
     subprocess.run(["true"])
     return 1.0
@@ -235,6 +249,14 @@ def test_network_namespace_stops_libc_level_connect(hostile: tuple[str, RewardSc
     assert scores.column("net_ctypes") == [0.0, 0.0]
 
 
+def test_process_cap_stops_libc_level_fork_bombs(hostile: tuple[str, RewardScores, RewardSet]) -> None:
+    _, scores, rs = hostile
+    limits = rs.isolation()[0]["limits"]
+    if not (limits.get("pids_cgroup") or limits.get("nproc")):
+        pytest.skip("no process cap binds here (root without writable cgroups): the audit hook alone")
+    assert all(v < 20 for v in scores.column("ctypes_forks"))
+
+
 def test_user_output_does_not_break_the_protocol(hostile: tuple[str, RewardScores, RewardSet]) -> None:
     _, scores, _ = hostile
     assert scores.column("prints") == [0.25, 0.25]
@@ -242,7 +264,8 @@ def test_user_output_does_not_break_the_protocol(hostile: tuple[str, RewardScore
 
 def test_hostile_values_cannot_blow_up_totals(hostile: tuple[str, RewardScores, RewardSet]) -> None:
     _, scores, _ = hostile
-    finite = [v for row in scores.values for v in row if not math.isnan(v)]
+    f_forks = scores.names.index("ctypes_forks")  # returns a count, not a hostile value
+    finite = [v for row in scores.values for f, v in enumerate(row) if f != f_forks and not math.isnan(v)]
     assert max(abs(v) for v in finite) <= 1.0
     assert all(math.isfinite(t) for t in scores.total)
 

@@ -171,7 +171,14 @@ def test_error_rate_is_cumulative_and_respects_min_samples(rewards_dir: Path) ->
     with RewardSet([spec], rewards_dir, max_error_rate=0.5, min_samples_for_error_rate=8) as rs:
         first = rs.score(["p"] * 4, ["bad", "bad", "bad", "ok"], [{}] * 4)  # 75%, but only 4 calls
         assert first.errors["flaky"] == 3
-        assert first.tracebacks["flaky"][-1].startswith("sample 2: exception: Traceback")
+        assert sorted(tb.split(":")[0] for tb in first.tracebacks["flaky"]) == [
+            "sample 0",
+            "sample 1",
+            "sample 2",
+        ]
+        assert all(
+            "exception: Traceback" in tb and "RuntimeError: flaky" in tb for tb in first.tracebacks["flaky"]
+        )
         second = rs.score(["p"] * 4, ["ok"] * 4, [{}] * 4)  # 3 / 8 = 37.5%
         assert second.errors["flaky"] == 0
         with pytest.raises(

@@ -44,7 +44,7 @@ import openrft
 from openrft.errors import RewardError
 from openrft.rewards.outcomes import Outcome
 from openrft.rewards.protocol import INTERNAL_ERROR_EXIT, MAX_LINE, decode_line, encode_frame, write_all
-from openrft.rewards.sandbox import user_process_count
+from openrft.rewards.sandbox import make_pids_cgroup, remove_cgroup, user_process_count
 
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _PKG_ROOT = str(Path(openrft.__file__).resolve().parent.parent)
@@ -66,7 +66,7 @@ class PoolSettings:
     namespaces: bool | None = None  # None: use them when `unshare` works; True: require; False: never
     cpu_s: int = 3600  # RLIMIT_CPU per worker (backstop); workers are recycled at 80% of it
     fsize_mb: int = 1024  # largest file a reward may write
-    max_procs: int = 16  # RLIMIT_NPROC head-room for non-root users
+    max_procs: int = 16  # processes a worker may have: pids cgroup (root) or RLIMIT_NPROC head-room
     start_timeout_s: float = 60.0
     load_timeout_s: float = 120.0  # importing a user module (before the first call's clock starts)
 
@@ -145,6 +145,7 @@ class WorkerProcess:
         if settings.namespaces is True and prefix is None:
             raise RewardError("reward isolation: namespaces were required but `unshare` does not work here")
         self.namespaced = prefix is not None
+        self.cgroup = make_pids_cgroup(settings.max_procs) if os.geteuid() == 0 else None
         cmd = [*(prefix or []), sys.executable, "-m", "openrft.rewards.worker"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -170,6 +171,7 @@ class WorkerProcess:
                 "cpu_s": settings.cpu_s,
                 "fsize_mb": settings.fsize_mb,
                 "nproc": nproc,
+                "cgroup": self.cgroup,
                 "allow_network": profile.allow_network,
                 "sys_path": sys_path,
             }
@@ -230,9 +232,11 @@ class WorkerProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            ready, _, _ = select.select([self.out_fd], [], [], remaining)
+            ready, _, _ = select.select([self.out_fd], [], [], min(remaining, 0.1))
             if not ready:
-                return None
+                if self.proc.poll() is not None:  # died, though a stray child may hold the pipe open
+                    raise self.gone(since=since)
+                continue
             chunk = os.read(self.out_fd, 1 << 16)
             if not chunk:
                 raise self.gone(since=since)
@@ -262,6 +266,7 @@ class WorkerProcess:
             except OSError:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
+        remove_cgroup(self.cgroup)
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
 

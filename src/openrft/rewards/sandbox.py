@@ -10,7 +10,8 @@ Layers, strongest first (the parent sets up the first two when it starts the wor
    dir), LANG/LC_ALL/TZ and PYTHONPATH, so the trainer's secrets never enter it.
 3. **Resource limits** (`apply_limits`): address space (a 4 GB allocation raises MemoryError),
    file size, CPU seconds (backstop; the parent's wall-clock timeout is the real one), no core
-   dumps, and, for non-root users, a cap on processes (the kernel exempts root from it).
+   dumps, and a cap on processes: RLIMIT_NPROC for non-root users; for root (whom the kernel
+   exempts from it) a ``pids`` cgroup per worker where cgroups are writable (`make_pids_cgroup`).
 4. **An audit hook** (`install_audit_hook`, PEP 578): refuses, with PermissionError, Python-level
    process creation (fork, exec, spawn, subprocess, system), signals to processes (os.kill,
    killpg, pthread_kill), raising resource limits, reading other processes' ``/proc`` entries
@@ -32,6 +33,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,7 +149,8 @@ def apply_limits(memory_mb: int, cpu_s: int, fsize_mb: int, nproc: int | None) -
     """Set this process's resource limits; returns which ones took effect.
 
     ``nproc`` is the RLIMIT_NPROC value (the kernel counts all processes of the real user, so the
-    parent passes "processes the user has now + a few"); None or running as root skips it.
+    parent passes "processes the user has now + a few"); None skips it (the parent passes None
+    when it runs as root, whom the kernel exempts; a pids cgroup caps processes then).
     """
     done = {
         "memory": _set(resource.RLIMIT_AS, memory_mb * 2**20),
@@ -157,9 +160,100 @@ def apply_limits(memory_mb: int, cpu_s: int, fsize_mb: int, nproc: int | None) -
         "nproc": False,
     }
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-size write raises OSError instead
-    if nproc is not None and os.geteuid() != 0:
+    if nproc is not None:
         done["nproc"] = _set(resource.RLIMIT_NPROC, nproc)
     return done
+
+
+def join_cgroup(path: str | None) -> bool:
+    """Move this process into the (pids) cgroup the parent made for it; False if that fails."""
+    if not path:
+        return False
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "w") as fh:
+            fh.write("0")  # 0 = the writing process
+    except OSError:
+        return False
+    return True
+
+
+def _pids_cgroup_root() -> str | None:
+    v1 = "/sys/fs/cgroup/pids"
+    if os.path.isfile(os.path.join(v1, "cgroup.procs")) and os.access(v1, os.W_OK):
+        return v1
+    v2 = "/sys/fs/cgroup"
+    try:
+        with open(os.path.join(v2, "cgroup.subtree_control")) as fh:
+            enabled = "pids" in fh.read().split()
+    except OSError:
+        return None
+    return v2 if enabled and os.access(v2, os.W_OK) else None
+
+
+_cgroup_count = 0
+
+
+def make_pids_cgroup(limit: int) -> str | None:
+    """A fresh cgroup whose processes may number at most `limit` (the process cap that binds
+    root too, which RLIMIT_NPROC does not); None where cgroups are not writable."""
+    global _cgroup_count
+    root = _pids_cgroup_root()
+    if root is None:
+        return None
+    if _cgroup_count == 0:
+        _remove_stale_cgroups(root)
+    _cgroup_count += 1
+    path = os.path.join(root, f"openrft-reward-{os.getpid()}-{_cgroup_count}")
+    try:
+        os.mkdir(path)
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as fh:
+            fh.write(str(limit))
+    except OSError:
+        remove_cgroup(path)
+        return None
+    return path
+
+
+def _remove_stale_cgroups(root: str) -> None:
+    """Remove cgroups left by trainers that died without cleaning up (their pid is gone)."""
+    try:
+        names = [n for n in os.listdir(root) if n.startswith("openrft-reward-")]
+    except OSError:
+        return
+    for name in names:
+        try:
+            owner = int(name.split("-")[2])
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            remove_cgroup(os.path.join(root, name))
+        except (ValueError, IndexError, OSError):
+            continue
+
+
+def remove_cgroup(path: str | None) -> None:
+    """Kill what is left in one of our cgroups (a worker's stray descendants) and remove it
+    (best effort: retries for up to a second)."""
+    if not path:
+        return
+    for _ in range(100):
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as fh:
+                pids = [int(p) for p in fh.read().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
 def user_process_count(uid: int | None = None) -> int:

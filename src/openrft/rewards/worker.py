@@ -30,7 +30,7 @@ from typing import Any
 from openrft.rewards import loader
 from openrft.rewards.outcomes import to_wire
 from openrft.rewards.protocol import INTERNAL_ERROR_EXIT, encode_line, read_frame, write_all
-from openrft.rewards.sandbox import apply_limits, install_audit_hook
+from openrft.rewards.sandbox import apply_limits, install_audit_hook, join_cgroup
 
 _TB_LIMIT = 4000
 
@@ -238,6 +238,7 @@ def main() -> None:
         if cfg is None:
             return
         limits = apply_limits(cfg["memory_mb"], cfg["cpu_s"], cfg["fsize_mb"], cfg.get("nproc"))
+        limits["pids_cgroup"] = join_cgroup(cfg.get("cgroup"))
         for path in reversed(cfg["sys_path"]):
             if path not in sys.path:
                 sys.path.insert(0, path)
