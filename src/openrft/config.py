@@ -145,6 +145,103 @@ class EvalSection(_Section):
     every: int = Field(0, ge=0, description="Evaluate during training every N steps; 0 = only at the end.")
 
 
+# Built-in writers of SFT target completions (the functions live in openrft.engine.sft_data).
+SFT_COMPLETION_BUILTINS: tuple[str, ...] = ("countdown.demonstration",)
+
+
+class SFTSection(_Section):
+    """Supervised fine-tuning: where each row's target completion comes from, batching, packing."""
+
+    completion_fn: str | None = Field(
+        None,
+        description="Writes each row's target completion (the full assistant message): a built-in "
+        "('countdown.demonstration') or 'package.module:function' / 'path/file.py:function' taking the "
+        "row. None = the row's `completion` column (text or assistant messages) or a `messages` column "
+        "ending with the assistant's message; rows with neither use the task's demonstration writer "
+        "when the rewards are that task's built-ins (countdown.*).",
+    )
+    batch_size: int = Field(8, ge=1, description="Sequences per optimizer step.")
+    packing: bool = Field(
+        False,
+        description="Pack several sequences into each row of max_seq_len tokens (each still attends "
+        "only to itself), so no compute is spent on padding.",
+    )
+    max_seq_len: int = Field(
+        1024,
+        ge=16,
+        description="Longest prompt + completion in tokens (longer rows are refused); packed row length.",
+    )
+    full_finetune: bool = Field(
+        False, description="Train every weight instead of a LoRA adapter; writes model/ instead of adapter/."
+    )
+
+    @field_validator("completion_fn")
+    @classmethod
+    def _known_fn(cls, v: str | None) -> str | None:
+        if v is None or ":" in v or v in SFT_COMPLETION_BUILTINS:
+            return v
+        hint = _closest(v, list(SFT_COMPLETION_BUILTINS))
+        raise ValueError(
+            f"sft.completion_fn {v!r} is not a built-in ({', '.join(SFT_COMPLETION_BUILTINS)})"
+            + (f"; did you mean {hint!r}?" if hint else "")
+            + " For your own code write 'package.module:function' or 'path/file.py:function'"
+        )
+
+
+class DPOSection(_Section):
+    """Direct Preference Optimization on (prompt, chosen, rejected) rows; reference = the base model."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference (0.1 typical).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (cDPO); 0 = plain DPO."
+    )
+    batch_size: int = Field(8, ge=1, description="Preference pairs per optimizer step.")
+    max_seq_len: int = Field(
+        1024, ge=16, description="Longest prompt + answer in tokens; longer rows are refused."
+    )
+
+
+class StageSection(_Section):
+    """One stage of a chained run; each stage starts from the previous stage's adapter."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", description="Folder name of the stage.")
+    method: Method = Field(..., description="Recipe of this stage.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Steps of this stage; None = the top-level max_steps."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dotted.key -> value applied to this stage only, e.g. {optim.lr: 1.0e-3}.",
+    )
+
+
+class CompareSection(_Section):
+    """`openrft compare`: SFT vs RFT vs SFT-then-RFT at several training-set sizes, equal budgets."""
+
+    train_sizes: list[int] = Field([12, 100], min_length=1, description="Training rows drawn per size.")
+    methods: list[Literal["sft", "rft", "sft_rft"]] = Field(
+        ["sft", "rft", "sft_rft"],
+        min_length=1,
+        description="Methods trained at each size (base is always evaluated).",
+    )
+    eval_rows: int = Field(200, ge=1, description="Held-out rows every model is evaluated on (the first N).")
+    budget_sequences: int | None = Field(
+        None,
+        ge=1,
+        description="Training sequences per method (completions that get a gradient); None = max_steps x "
+        "grpo.prompts_per_step x grpo.num_generations. SFT steps = budget / sft.batch_size.",
+    )
+    sft_share: float = Field(
+        0.5, gt=0, lt=1, description="SFT-then-RFT: fraction of the budget spent on SFT."
+    )
+    sft_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted.key -> value applied to every SFT training (e.g. optim.lr)."
+    )
+    rft_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted.key -> value applied to every RFT (GRPO) training."
+    )
+
+
 class RunConfig(_Section):
     """A whole run. `openrft train CONFIG` reads this from YAML."""
 
@@ -162,6 +259,13 @@ class RunConfig(_Section):
         0.5, gt=0, le=1, description="Stop the run when a reward function fails on more than this fraction."
     )
     grpo: GRPOSection = Field(default_factory=GRPOSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
+    dpo: DPOSection = Field(default_factory=DPOSection)
+    stages: list[StageSection] = Field(
+        default_factory=list,
+        description="Chain recipes (e.g. SFT then GRPO); each starts from the previous adapter.",
+    )
+    compare: CompareSection = Field(default_factory=CompareSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
@@ -177,7 +281,9 @@ class RunConfig(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"reward names must be unique; rename the repeated {dupes}")
-        if self.method == "grpo" and not self.rewards:
+        if self.stages:
+            _check_stages(self)
+        if self.method == "grpo" and not self.stages and not self.rewards:
             raise ValueError("method grpo needs at least one entry under `rewards`")
         if self.success_reward is not None and self.success_reward not in names:
             hint = _closest(self.success_reward, names)
@@ -194,6 +300,57 @@ class RunConfig(_Section):
     @property
     def epsilon_high(self) -> float:
         return self.grpo.epsilon if self.grpo.epsilon_high is None else self.grpo.epsilon_high
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: a stage's config is the top-level config with the stage's method, steps and overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def set_dotted(data: dict[str, Any], overrides: dict[str, Any], where: str = "overrides") -> dict[str, Any]:
+    """Apply {"optim.lr": 1e-3, ...} to a nested dict in place (sections are created as needed)."""
+    for key, value in overrides.items():
+        parts = [p for p in str(key).split(".") if p]
+        if not parts:
+            raise ValueError(f"{where}: empty key")
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"{where}: {key!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def stage_config(cfg: RunConfig, index: int, init_adapter: str | None = None) -> RunConfig:
+    """The RunConfig of stage `index`: stages removed, method/max_steps/overrides applied, and
+    `lora.init_adapter` set to the previous stage's adapter when given."""
+    stage = cfg.stages[index]
+    data = cfg.model_dump(mode="json", exclude={"stages"})
+    data["method"] = stage.method
+    if stage.max_steps is not None:
+        data["max_steps"] = stage.max_steps
+    set_dotted(data, stage.overrides, f"stages[{index}].overrides")
+    if init_adapter is not None:
+        data["lora"]["init_adapter"] = init_adapter
+    return RunConfig.model_validate(data)
+
+
+def _check_stages(cfg: RunConfig) -> None:
+    if "method" in cfg.model_fields_set:
+        raise ValueError("set `method` on each entry of `stages`, not at the top level (or drop `stages`)")
+    names = [s.name for s in cfg.stages]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"stage names must be unique; rename the repeated {dupes}")
+    for i, stage in enumerate(cfg.stages):
+        try:
+            stage_config(cfg, i)
+        except ValidationError as e:
+            raise ValueError(_format_validation_error(e, f"stages[{i}] ({stage.name})")) from None
 
 
 # ---------------------------------------------------------------------------------------------
