@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,6 +252,4 @@ def test_close_stops_workers_and_refuses_more_work(rewards_dir: Path) -> None:
         rs.submit(["p"], ["c"], [{"answer": "c"}])
     for pid in pids:
         with pytest.raises(ProcessLookupError):
-            import os
-
             os.kill(pid, 0)
