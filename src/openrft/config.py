@@ -482,6 +482,9 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         path_part, sep, func = spec.function.rpartition(":")
         if sep and path_part.endswith(".py"):
             spec.function = f"{fix(path_part)}:{func}"
+    fn_path, sep, fn_name = (cfg.sft.completion_fn or "").rpartition(":")
+    if sep and fn_path.endswith(".py"):
+        cfg.sft.completion_fn = f"{fix(fn_path)}:{fn_name}"
     return cfg
 
 
