@@ -1,0 +1,297 @@
+"""Direct Preference Optimization (DPO) on a LoRA adapter: the training recipe.
+
+    openrft train examples/dpo_toy.yaml
+
+Rows hold a prompt (a `prompt` column or the config's `prompt_template`), a `chosen` and a
+`rejected` answer (text, or one assistant message). Each step draws `dpo.batch_size` pairs
+and runs the named, timed phases data -> reference -> update; checkpoints, resume, metrics and
+the adapter format are GRPO's.
+
+How this departs from the paper (Rafailov et al., 2023) and matches TRL's `loss_type="sigmoid"`:
+- The reference policy is the base model with the adapter disabled (`model.disable_adapter()`),
+  so no second copy of the weights is held. With `lora.init_adapter` (DPO after SFT) the
+  reference is still the base, not the starting adapter.
+- The base is frozen, so each pair's reference log-probs are computed once and cached.
+- `dpo.label_smoothing` > 0 gives conservative DPO (cDPO): the labels are assumed flipped with
+  that probability.
+- Metrics use TRL's names: `rewards/chosen`, `rewards/rejected` (beta x log-ratio to the
+  reference), `rewards/margins`, `rewards/accuracies` (fraction of pairs with chosen > rejected),
+  `logps/chosen`, `logps/rejected` (summed over the answer's tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from openrft.config import RunConfig
+from openrft.data import read_rows, split_rows, validate_rows
+from openrft.engine.common import (
+    batch_indices,
+    build_prompts,
+    eos_ids,
+    load_policy,
+    make_optimizer,
+    pick_device,
+    seed_everything,
+    set_threads,
+    step_seed,
+)
+from openrft.engine.grpo import PhaseTimer, save_final_adapter
+from openrft.engine.logprobs import completion_logps
+from openrft.engine.loop import open_run, restore, run_steps
+from openrft.engine.sft import SFTExample, collate_padded, tokenize_completion
+from openrft.engine.sft_data import preference_texts
+from openrft.errors import DataError
+from openrft.tracking.progress import NullReporter, Reporter
+
+# =============================================================================================
+# The loss (a pure function)
+# =============================================================================================
+
+
+@dataclass
+class DPOParts:
+    losses: torch.Tensor  # [B] per-pair loss (with gradient)
+    chosen_rewards: torch.Tensor  # [B] beta * (log pi(chosen) - log ref(chosen)), detached
+    rejected_rewards: torch.Tensor  # [B] same for the rejected answer, detached
+
+
+def dpo_sigmoid_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> DPOParts:
+    """DPO's sigmoid loss from sequence log-probs (each [B], summed over the answer's tokens):
+
+    h = (log pi(c) - log pi(r)) - (log ref(c) - log ref(r))
+    loss = -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)
+    """
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # [B]
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return DPOParts(
+        losses=losses,
+        chosen_rewards=beta * (policy_chosen - ref_chosen).detach(),
+        rejected_rewards=beta * (policy_rejected - ref_rejected).detach(),
+    )
+
+
+# =============================================================================================
+# Data
+# =============================================================================================
+
+
+@dataclass
+class PreferenceExample:
+    index: int
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # ends with EOS
+    rejected_ids: list[int]  # ends with EOS
+
+
+def load_preference_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[tuple[str, str]], str]:
+    """(rows, (chosen, rejected) texts, source), validated before any model is loaded."""
+    loaded = read_rows(cfg.data.train)
+    d = cfg.data
+    validate_rows(
+        loaded.rows,
+        template=d.prompt_template,
+        system_prompt=d.system_prompt,
+        source=loaded.source,
+        lines=loaded.lines,
+    )
+    pairs = preference_texts(loaded.rows, loaded.source, loaded.lines)
+    rows = loaded.rows
+    if d.eval is None and d.eval_fraction > 0:
+        both = split_rows(list(zip(rows, pairs, strict=True)), eval_fraction=d.eval_fraction, seed=cfg.seed)[
+            0
+        ]
+        rows, pairs = [r for r, _ in both], [p for _, p in both]
+    return rows, pairs, loaded.source
+
+
+def tokenize_pairs(
+    cfg: RunConfig, tok: Any, rows: list[dict[str, Any]], pairs: list[tuple[str, str]], source: str, eos: int
+) -> list[PreferenceExample]:
+    prompts = build_prompts(cfg, tok, rows, source)
+    prefix, limit = cfg.data.assistant_prefix, cfg.dpo.max_seq_len
+    out = []
+    for p, (chosen, rejected) in zip(prompts, pairs, strict=True):
+        ex = PreferenceExample(
+            p.index,
+            p.ids,
+            tokenize_completion(tok, chosen, prefix, eos),
+            tokenize_completion(tok, rejected, prefix, eos),
+        )
+        longest = len(p.ids) + max(len(ex.chosen_ids), len(ex.rejected_ids))
+        if longest > limit:
+            raise DataError(
+                f"row {p.index + 1}: prompt + answer are {longest} tokens, "
+                f"more than dpo.max_seq_len ({limit})",
+                file=source,
+                hint="shorten the row or raise dpo.max_seq_len",
+            )
+        out.append(ex)
+    return out
+
+
+def sequence_logps(model: torch.nn.Module, pairs: list[PreferenceExample], pad: int) -> torch.Tensor:
+    """Summed log-probs [2n] of the n chosen answers, then the n rejected ones."""
+    seqs = [SFTExample(e.index, e.prompt_ids, e.chosen_ids) for e in pairs]
+    seqs += [SFTExample(e.index, e.prompt_ids, e.rejected_ids) for e in pairs]
+    b = collate_padded(seqs, pad)
+    logps, _ = completion_logps(model, b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask)
+    return (logps * b.completion_mask.to(logps.device)).sum(-1)  # [2n]
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+
+
+def train_dpo(
+    cfg: RunConfig,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> Path:
+    """Run DPO as configured; returns the run directory (with `adapter/` at the end)."""
+    reporter = reporter or NullReporter()
+    run = open_run(cfg, output_dir, resume)
+    rows, texts, source = load_preference_rows(cfg)
+    set_threads(cfg.model.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    run.create(cfg)
+    reporter.message(f"loading {cfg.model.name} ...")
+    model, tok = load_policy(cfg, device)
+    eos = eos_ids(tok, model)
+    eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    pairs = tokenize_pairs(cfg, tok, rows, texts, source, eos_id)
+    optimizer, scheduler = make_optimizer(cfg, model)
+    start = restore(run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter)
+    ref_cache: dict[int, tuple[float, float]] = {}
+
+    def step_fn(step: int) -> dict[str, Any]:
+        return dpo_step(cfg, step, model, optimizer, scheduler, pairs, pad, ref_cache)
+
+    run_steps(
+        cfg,
+        run,
+        start=start,
+        per_step=cfg.dpo.batch_size,
+        step_fn=step_fn,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        reporter=reporter,
+        label="DPO",
+        final=run.adapter,
+        save_final=lambda target: save_final_adapter(model, target),
+    )
+    return run.path
+
+
+def reference_logps(
+    model: torch.nn.Module,
+    pairs: list[PreferenceExample],
+    pad: int,
+    per_micro: int,
+    cache: dict[int, tuple[float, float]],
+) -> torch.Tensor:
+    """[B, 2] (chosen, rejected) log-probs under the base model (adapter disabled), cached per row."""
+    todo = [e for e in pairs if e.index not in cache]
+    with torch.no_grad(), model.disable_adapter():
+        for i in range(0, len(todo), per_micro):
+            chunk = todo[i : i + per_micro]
+            s = sequence_logps(model, chunk, pad).float().cpu()  # [2n]
+            for j, e in enumerate(chunk):
+                cache[e.index] = (float(s[j]), float(s[len(chunk) + j]))
+    return torch.tensor([cache[e.index] for e in pairs], dtype=torch.float32)
+
+
+def dpo_step(
+    cfg: RunConfig,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    pairs: list[PreferenceExample],
+    pad: int,
+    ref_cache: dict[int, tuple[float, float]],
+) -> dict[str, Any]:
+    d = cfg.dpo
+    timer = PhaseTimer()
+    t_step = time.perf_counter()
+    torch.manual_seed(step_seed(cfg.seed, step))
+    per_micro = cfg.optim.micro_batch_size
+
+    with timer("data"):
+        chosen = [
+            pairs[i] for i in batch_indices(len(pairs), step - 1, d.batch_size, cfg.seed, cfg.data.shuffle)
+        ]
+
+    with timer("reference"):
+        model.eval()
+        ref = reference_logps(model, chosen, pad, per_micro, ref_cache)  # [B, 2]
+
+    with timer("update"):
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        policy = torch.zeros(len(chosen), 2)
+        loss_sum = 0.0
+        rewards_c, rewards_r = [], []
+        for i in range(0, len(chosen), per_micro):
+            mb = chosen[i : i + per_micro]
+            n = len(mb)
+            s = sequence_logps(model, mb, pad)  # [2n]
+            r = ref[i : i + n].to(s.device, s.dtype)
+            parts = dpo_sigmoid_loss(
+                s[:n], s[n:], r[:, 0], r[:, 1], beta=d.beta, label_smoothing=d.label_smoothing
+            )
+            loss = parts.losses.sum() / len(chosen)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            policy[i : i + n, 0], policy[i : i + n, 1] = (
+                s[:n].detach().float().cpu(),
+                s[n:].detach().float().cpu(),
+            )
+            rewards_c.append(parts.chosen_rewards.float().cpu())
+            rewards_r.append(parts.rejected_rewards.float().cpu())
+        max_norm = cfg.optim.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+
+    rc, rr = torch.cat(rewards_c), torch.cat(rewards_r)
+    step_time = time.perf_counter() - t_step
+    tokens = sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in chosen)
+    return {
+        "step": step,
+        "loss": loss_sum,
+        "rewards/chosen": float(rc.mean()),
+        "rewards/rejected": float(rr.mean()),
+        "rewards/margins": float((rc - rr).mean()),
+        "rewards/accuracies": float((rc > rr).float().mean()),
+        "logps/chosen": float(policy[:, 0].mean()),
+        "logps/rejected": float(policy[:, 1].mean()),
+        "grad_norm": grad_norm,
+        "learning_rate": lr,
+        "epoch": step * d.batch_size / len(pairs),
+        **timer.times,
+        "step_time": step_time,
+        "tokens_per_second": tokens / step_time,
+    }
