@@ -38,16 +38,15 @@ def train(
         bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")
     ] = False,
 ) -> None:
-    """Train an adapter as the config says (GRPO by default) with a live progress bar."""
+    """Train as the config says (GRPO, SFT, DPO or chained stages) with a live progress bar."""
     from openrft.config import load_config
-    from openrft.engine.grpo import train_grpo
+    from openrft.engine.train import final_artifact
+    from openrft.engine.train import train as run_training
     from openrft.tracking.progress import RichReporter
 
     cfg = load_config(config, overrides or [])
-    if cfg.method != "grpo":
-        raise UserError(f"method {cfg.method!r} is not available yet; use method: grpo")
-    run = train_grpo(cfg, output_dir=output_dir, resume=resume, reporter=RichReporter(err_console))
-    err_console.print(f"[green]done:[/] adapter in {run / 'adapter'}")
+    run = run_training(cfg, output_dir=output_dir, resume=resume, reporter=RichReporter(err_console))
+    err_console.print(f"[green]done:[/] {final_artifact(run)}")
 
 
 @app.command("eval")
