@@ -1,0 +1,216 @@
+"""The durable job queue: state transitions of the `jobs` table, each one atomic.
+
+States::
+
+    queued --claim--> running --exit 0--> succeeded
+      ^  \\                |  \\--error--> failed
+      |   cancel           |--cancel--> cancelled
+      |      \\             |--pause---> paused --resume--> queued
+      |       -> cancelled  \\--server restart / crash--> queued (resumes from its last checkpoint)
+
+A job is claimed with one `UPDATE ... WHERE id=(oldest queued) AND status='queued'`, so two
+workers can never both run it. The worker that runs a job is written on the row ('PID:START' of
+the server process) with a heartbeat; the training process's pid and start time too. `recover`
+re-queues jobs whose worker is gone (after making sure their training process is gone as well).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from openrft.jobs import procs
+from openrft.server.store import Store
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running", "paused")
+
+
+def new_job_id() -> str:
+    return "job-" + secrets.token_hex(6)
+
+
+def log_event(db: Any, job_id: str, event: str, detail: str | None = None) -> None:
+    db.execute(
+        "INSERT INTO job_events (job_id, at, event, detail) VALUES (?,?,?,?)",
+        (job_id, time.time(), event, detail),
+    )
+
+
+def enqueue(
+    store: Store,
+    *,
+    config: dict[str, Any],
+    name: str | None = None,
+    trackers: list[str] | None = None,
+    dataset_id: str | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Add a queued job whose run directory is `runs/<id>`."""
+    job_id = job_id or new_job_id()
+    run_dir = store.runs_dir / job_id
+    now = time.time()
+    with store.tx() as db:
+        db.execute(
+            "INSERT INTO jobs (id, name, status, method, base_model, dataset_id, config, trackers, run_dir,"
+            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id,
+                name,
+                "queued",
+                config.get("method", "grpo"),
+                config.get("model", {}).get("name", ""),
+                dataset_id,
+                json.dumps(config),
+                json.dumps(trackers or []),
+                str(run_dir),
+                now,
+                now,
+            ),
+        )
+        log_event(db, job_id, "queued")
+    job = store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+def claim(store: Store, worker: str) -> dict[str, Any] | None:
+    """Atomically take the oldest queued job for `worker`; None if the queue is empty."""
+    now = time.time()
+    with store.tx() as db:
+        row = db.execute(
+            "SELECT id FROM jobs WHERE status='queued' ORDER BY created_at, id LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        changed = db.execute(
+            "UPDATE jobs SET status='running', worker=?, heartbeat=?, attempts=attempts+1, requested=NULL,"
+            " pid=NULL, pid_start=NULL, error=NULL, started_at=COALESCE(started_at, ?), updated_at=?"
+            " WHERE id=? AND status='queued'",
+            (worker, now, now, now, row["id"]),
+        ).rowcount
+        if changed != 1:
+            return None
+        log_event(db, row["id"], "claimed", worker)
+    return store.get_job(row["id"])
+
+
+def set_process(store: Store, job_id: str, pid: int, pid_start: str | None) -> None:
+    with store.tx() as db:
+        db.execute(
+            "UPDATE jobs SET pid=?, pid_start=?, updated_at=? WHERE id=?",
+            (pid, pid_start, time.time(), job_id),
+        )
+        log_event(db, job_id, "started", f"pid {pid}")
+
+
+def heartbeat(store: Store, worker: str) -> None:
+    store.execute("UPDATE jobs SET heartbeat=? WHERE worker=? AND status='running'", (time.time(), worker))
+
+
+def finish(store: Store, job_id: str, status: str, error: str | None = None) -> None:
+    """Move a running job to `status` (terminal, 'paused' or 'queued') and clear its process."""
+    now = time.time()
+    finished = now if status in TERMINAL else None
+    with store.tx() as db:
+        db.execute(
+            "UPDATE jobs SET status=?, error=?, requested=NULL, pid=NULL, pid_start=NULL, worker=NULL,"
+            " finished_at=?, updated_at=? WHERE id=? AND status='running'",
+            (status, error, finished, now, job_id),
+        )
+        log_event(db, job_id, status, error)
+
+
+def request(store: Store, job_id: str, action: str) -> dict[str, Any] | None:
+    """Ask for `cancel`, `pause` or `resume`. Queued/paused jobs change at once; a running job is
+    marked and its worker stops the process. Returns the job, or None if it does not exist.
+
+    Raises ValueError (with a message for the user) when the action does not apply to the state.
+    """
+    now = time.time()
+    with store.tx() as db:
+        row = db.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        status = row["status"]
+        if action == "cancel":
+            if status in ("queued", "paused"):
+                db.execute(
+                    "UPDATE jobs SET status='cancelled', finished_at=?, updated_at=? WHERE id=?",
+                    (now, now, job_id),
+                )
+                log_event(db, job_id, "cancelled")
+            elif status == "running":
+                db.execute("UPDATE jobs SET requested='cancel', updated_at=? WHERE id=?", (now, job_id))
+                log_event(db, job_id, "cancel requested")
+            else:
+                raise ValueError(
+                    f"job {job_id} is {status}; only queued, paused or running jobs can be cancelled"
+                )
+        elif action == "pause":
+            if status == "queued":
+                db.execute("UPDATE jobs SET status='paused', updated_at=? WHERE id=?", (now, job_id))
+                log_event(db, job_id, "paused")
+            elif status == "running":
+                db.execute("UPDATE jobs SET requested='pause', updated_at=? WHERE id=?", (now, job_id))
+                log_event(db, job_id, "pause requested")
+            elif status != "paused":
+                raise ValueError(f"job {job_id} is {status}; only queued or running jobs can be paused")
+        elif action == "resume":
+            if status == "paused":
+                db.execute("UPDATE jobs SET status='queued', updated_at=? WHERE id=?", (now, job_id))
+                log_event(db, job_id, "resumed")
+            elif status == "running":
+                db.execute(
+                    "UPDATE jobs SET requested=NULL, updated_at=? WHERE id=? AND requested='pause'",
+                    (now, job_id),
+                )
+            elif status != "queued":
+                raise ValueError(f"job {job_id} is {status}; only a paused job can be resumed")
+        else:
+            raise ValueError(f"unknown action {action!r}; use cancel, pause or resume")
+    return store.get_job(job_id)
+
+
+def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list[str]:
+    """Re-queue jobs marked running whose worker process is gone (a crashed or restarted server).
+
+    Their training process, if it still runs (it stops itself when its server dies, but may not
+    have noticed yet), is terminated first, so a job never runs twice at once. A job interrupted
+    `max_attempts` times is failed instead. Returns the ids of the jobs it changed.
+    """
+    changed = []
+    for job in store.list_jobs(status="running", limit=100_000):
+        worker = job["worker"]
+        if worker == me or procs.identity_alive(worker):
+            continue
+        if job["pid"]:
+            procs.terminate_group(job["pid"], job["pid_start"], grace_s)
+        requested = job["requested"]
+        if requested == "cancel":
+            status, error = "cancelled", None
+        elif requested == "pause":
+            status, error = "paused", None
+        elif job["attempts"] >= max_attempts:
+            status, error = "failed", f"interrupted {job['attempts']} times (server stopped while it ran)"
+        else:
+            status, error = "queued", None
+        now = time.time()
+        with store.tx() as db:
+            n = db.execute(
+                "UPDATE jobs SET status=?, error=?, requested=NULL, pid=NULL, pid_start=NULL, worker=NULL,"
+                " finished_at=?, updated_at=? WHERE id=? AND status='running' AND worker IS ?",
+                (status, error, now if status in TERMINAL else None, now, job["id"], worker),
+            ).rowcount
+            if n:
+                log_event(db, job["id"], "recovered", f"worker {worker} gone; now {status}")
+        if n:
+            changed.append(job["id"])
+    return changed
+
+
+def job_log_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "job.log"

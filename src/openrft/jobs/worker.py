@@ -1,0 +1,243 @@
+"""The job worker: a thread of the server process that runs queued jobs in child processes.
+
+Each tick (every `poll_interval_s`, or at once when woken) it
+1. heartbeats the jobs it runs,
+2. collects finished training processes and records how they ended,
+3. stops processes whose job was cancelled or paused (SIGTERM to the process group, SIGKILL
+   after the grace period),
+4. claims queued jobs while it has free slots (`max_concurrent` training jobs at once), and
+5. every 30 s, re-queues jobs left running by a worker that died (`queue.recover`).
+
+On `stop()` (server shutdown) the running jobs are stopped and put back in the queue: the next
+server resumes them from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from openrft.jobs import procs, queue
+from openrft.jobs.child import RESULT
+from openrft.server.store import Store
+
+log = logging.getLogger("openrft.jobs")
+
+
+@dataclass
+class Running:
+    job_id: str
+    run_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_file: IO[bytes]
+    signalled_at: float | None = None
+    killed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class JobWorker:
+    """Runs up to `max_concurrent` jobs of `store` at once, each in its own process group."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_concurrent: int = 1,
+        poll_interval_s: float = 0.5,
+        cancel_grace_s: float = 5.0,
+        max_attempts: int = 3,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_concurrent = max_concurrent
+        self.poll_interval_s = poll_interval_s
+        self.cancel_grace_s = cancel_grace_s
+        self.max_attempts = max_attempts
+        self.env = env or {}
+        self.me = procs.identity()
+        self.running: dict[str, Running] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_recover = 0.0
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover jobs of dead workers, then start the polling thread."""
+        recovered = queue.recover(
+            self.store, me=self.me, grace_s=self.cancel_grace_s, max_attempts=self.max_attempts
+        )
+        if recovered:
+            log.warning("re-queued interrupted jobs: %s", ", ".join(recovered))
+        self._last_recover = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="openrft-job-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the queue now (after a job was created, cancelled, paused or resumed)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread; stop running jobs and put them back in the queue (or honour a pending
+        cancel/pause)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            for run in list(self.running.values()):
+                self._signal(run, signal.SIGTERM)
+            deadline = time.monotonic() + self.cancel_grace_s
+            for run in list(self.running.values()):
+                try:
+                    run.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self._signal(run, signal.SIGKILL)
+                    run.proc.wait()
+                job = self.store.get_job(run.job_id) or {}
+                status = {"cancel": "cancelled", "pause": "paused"}.get(job.get("requested") or "", "queued")
+                self._close(run)
+                queue.finish(self.store, run.job_id, status, None)
+                log.info("job %s: server stopping, now %s", run.job_id, status)
+            self.running.clear()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    if not self._stop.is_set():
+                        self.tick()
+            except Exception:
+                log.exception("job worker tick failed")
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One pass: heartbeat, collect, stop what was asked to stop, start what fits."""
+        queue.heartbeat(self.store, self.me)
+        for run in list(self.running.values()):
+            if run.proc.poll() is not None:
+                self._collect(run)
+        self._handle_requests()
+        while len(self.running) < self.max_concurrent and not self._stop.is_set():
+            job = queue.claim(self.store, self.me)
+            if job is None:
+                break
+            self._spawn(job)
+        if time.monotonic() - self._last_recover > 30:
+            self._last_recover = time.monotonic()
+            queue.recover(self.store, me=self.me, grace_s=self.cancel_grace_s, max_attempts=self.max_attempts)
+
+    def _handle_requests(self) -> None:
+        if not self.running:
+            return
+        marks = ",".join("?" * len(self.running))
+        rows = self.store.query(
+            f"SELECT id, requested FROM jobs WHERE id IN ({marks}) AND requested IS NOT NULL",
+            tuple(self.running),
+        )
+        now = time.monotonic()
+        for row in rows:
+            run = self.running[row["id"]]
+            if run.signalled_at is None:
+                log.info("job %s: %s requested, stopping pid %s", run.job_id, row["requested"], run.proc.pid)
+                self._signal(run, signal.SIGTERM)
+                run.signalled_at = now
+            elif not run.killed and now - run.signalled_at > self.cancel_grace_s:
+                self._signal(run, signal.SIGKILL)
+                run.killed = True
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def _spawn(self, job: dict[str, Any]) -> None:
+        run_dir = Path(job["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        job_file = run_dir / "job.json"
+        spec = {
+            "job_id": job["id"],
+            "config": job["config"],
+            "run_dir": str(run_dir),
+            "trackers": job["trackers"],
+            "parent_pid": os.getpid(),
+        }
+        tmp = job_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        os.replace(tmp, job_file)
+        log_file = queue.job_log_path(run_dir).open("ab")
+        log_file.write(
+            f"--- attempt {job['attempts']} started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode()
+        )
+        log_file.flush()
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "openrft.jobs.child", str(job_file)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=run_dir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            log_file.close()
+            queue.finish(self.store, job["id"], "failed", f"could not start the training process: {e}")
+            return
+        queue.set_process(self.store, job["id"], proc.pid, procs.start_time(proc.pid))
+        self.running[job["id"]] = Running(job["id"], run_dir, proc, log_file)
+        log.info("job %s: started pid %s (attempt %s)", job["id"], proc.pid, job["attempts"])
+
+    def _signal(self, run: Running, sig: int) -> None:
+        if run.proc.poll() is None:
+            procs.signal_group(run.proc.pid, sig)
+
+    def _close(self, run: Running) -> None:
+        run.log_file.write(f"--- process exited with code {run.proc.returncode} ---\n".encode())
+        run.log_file.close()
+
+    def _collect(self, run: Running) -> None:
+        """Record how a finished training process ended."""
+        self.running.pop(run.job_id, None)
+        self._close(run)
+        job = self.store.get_job(run.job_id) or {}
+        result = read_result(run.run_dir)
+        status, error = outcome(run.proc.returncode, result, job.get("requested"), run.run_dir)
+        queue.finish(self.store, run.job_id, status, error)
+        log.info("job %s: %s", run.job_id, status if not error else f"{status}: {error}")
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / RESULT).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def outcome(
+    returncode: int, result: dict[str, Any], requested: str | None, run_dir: Path
+) -> tuple[str, str | None]:
+    """(status, error) of a job from its process's exit code, result file and pending request."""
+    if requested == "cancel":
+        return "cancelled", None
+    if requested == "pause":
+        return "paused", None
+    if returncode == 0 and result.get("status") == "succeeded" and (run_dir / "adapter").is_dir():
+        return "succeeded", None
+    if result.get("status") == "failed":
+        return "failed", str(result.get("error") or "training failed")
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+    return "failed", f"the training process {how}; see the job log"

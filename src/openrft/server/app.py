@@ -1,0 +1,117 @@
+"""The app factory: `create_app(settings)` builds a FastAPI app; nothing is built at import time.
+
+    from openrft.server import ServerSettings, create_app
+    app = create_app(ServerSettings(data_dir="openrft-data"))   # then: uvicorn.run(app)
+
+On startup (lifespan) the store is initialised, the API key loaded (or generated), and the job
+worker started: it first re-queues jobs that a previous server left running, then runs queued
+ones. On shutdown, running jobs are stopped and re-queued; the next start resumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from openrft import __version__
+from openrft.errors import UserError
+from openrft.jobs.worker import JobWorker
+from openrft.server import services
+from openrft.server.auth import AuthMiddleware, load_or_create_key
+from openrft.server.deps import AppContext, documented_auth
+from openrft.server.limits import BodyLimitMiddleware
+from openrft.server.routes import adapters, datasets, jobs, meta, rewards, runs
+from openrft.server.runs import SampleIndex
+from openrft.server.settings import ServerSettings
+from openrft.server.store import Store
+
+log = logging.getLogger("openrft.server")
+
+UPLOAD_PATHS = ("/v1/datasets",)
+
+
+def _error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}, "detail": message}, status_code=status
+    )
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """Build the OpenRFT server app for `settings` (store in `settings.data_dir`)."""
+    settings = settings or ServerSettings()
+    store = Store(settings.data_dir).init()
+    key, key_source = load_or_create_key(store.root, settings.api_key)
+    ctx = AppContext(settings=settings, store=store, samples=SampleIndex())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.max_concurrent_jobs > 0:
+            worker = JobWorker(
+                store,
+                max_concurrent=settings.max_concurrent_jobs,
+                poll_interval_s=settings.poll_interval_s,
+                cancel_grace_s=settings.cancel_grace_s,
+                max_attempts=settings.max_attempts,
+                env=settings.job_env,
+            )
+            await run_in_threadpool(worker.start)
+            ctx.worker = worker
+        try:
+            yield
+        finally:
+            if ctx.worker is not None:
+                await run_in_threadpool(ctx.worker.stop)
+                ctx.worker = None
+
+    app = FastAPI(
+        title="OpenRFT",
+        version=__version__,
+        description="Reinforcement fine-tuning platform: datasets, reward functions, jobs, runs, adapters. "
+        "Every route except /health, the docs and the dashboard needs `Authorization: Bearer <key>`.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.api_key_source = key_source
+    app.state.api_key = key
+
+    app.include_router(meta.public)
+    auth = [Depends(documented_auth)]
+    for module in (datasets, rewards, jobs, runs, adapters):
+        app.include_router(module.router, dependencies=auth)
+    app.include_router(meta.private, dependencies=auth)
+    app.mount("/static", StaticFiles(directory=meta.STATIC_DIR), name="static")
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        if isinstance(exc, services.NotFound):
+            return _error(404, str(exc), code="not_found")
+        if isinstance(exc, services.Conflict):
+            return _error(409, str(exc), code="conflict")
+        return _error(422, str(exc), code=type(exc).__name__)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}", code="validation_error")
+
+    def limit_for(path: str) -> int:
+        return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(AuthMiddleware, key=key)  # added last = outermost: runs first
+    return app

@@ -1,0 +1,51 @@
+"""/v1/adapters: the LoRA adapters of finished jobs (id = the job id): list, files, download, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from openrft.server import services
+from openrft.server.deps import Ctx
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+@router.get("")
+def list_adapters(ctx: Ctx) -> dict[str, Any]:
+    """Every job that has a final adapter, newest first."""
+    out = []
+    for job in ctx.store.list_jobs(None, 100_000):
+        info = services.adapter_info(job)
+        if info is not None:
+            out.append(info)
+    return {"data": out}
+
+
+@router.get("/{adapter_id}")
+def get_adapter(adapter_id: str, ctx: Ctx) -> dict[str, Any]:
+    """An adapter's files with their sizes and sha256 sums."""
+    info = services.adapter_info(services.require_job(ctx.store, adapter_id))
+    if info is None:
+        raise services.NotFound(f"job {adapter_id} has no adapter (yet)")
+    return info
+
+
+@router.get("/{adapter_id}/files/{filename}")
+def download_adapter_file(adapter_id: str, filename: str, ctx: Ctx) -> FileResponse:
+    """One file of the adapter (PEFT format: adapter_config.json, adapter_model.safetensors)."""
+    job = services.require_job(ctx.store, adapter_id)
+    folder = Path(job["run_dir"]) / "adapter"
+    path = folder / filename
+    if Path(filename).name != filename or not path.is_file():
+        raise services.NotFound(f"adapter {adapter_id} has no file {filename!r}")
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+@router.delete("/{adapter_id}")
+def delete_adapter(adapter_id: str, ctx: Ctx) -> dict[str, Any]:
+    services.delete_adapter(ctx.store, adapter_id)
+    return {"id": adapter_id, "deleted": True}

@@ -1,0 +1,123 @@
+"""/v1/jobs: create from a config, list, get, cancel, pause, resume, logs, events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from openrft.jobs import queue
+from openrft.server import services
+from openrft.server.deps import Ctx
+from openrft.server.runs import last_metrics
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class JobCreate(BaseModel):
+    """A training job: a run config (as in YAML) whose data and rewards name stored resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(
+        description="RunConfig; data.train = a dataset id, rewards[].function = a built-in name or "
+        "'reward:<name>[@version]'."
+    )
+    name: str | None = Field(None, description="A label shown in lists and the dashboard.")
+    trackers: list[str] = Field(default_factory=list, description="Extra metric sinks: tensorboard, mlflow.")
+
+
+@router.post("", status_code=201)
+async def create_job(body: JobCreate, ctx: Ctx) -> dict[str, Any]:
+    """Validate the config (data rows, reward functions) and queue the job."""
+    job = await run_in_threadpool(services.create_job, ctx.store, body.config, body.name, body.trackers)
+    ctx.wake_worker()
+    return public_job(job)
+
+
+@router.get("")
+def list_jobs(
+    ctx: Ctx,
+    status: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+) -> dict[str, Any]:
+    """Jobs, newest first, each with its latest step and reward."""
+    return {"data": [public_job(j) for j in ctx.store.list_jobs(status, limit)]}
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    return public_job(services.require_job(ctx.store, job_id), with_config=True)
+
+
+def _act(ctx: Ctx, job_id: str, action: str) -> dict[str, Any]:
+    services.require_job(ctx.store, job_id)
+    try:
+        job = queue.request(ctx.store, job_id, action)
+    except ValueError as e:
+        raise services.Conflict(str(e)) from None
+    ctx.wake_worker()
+    assert job is not None
+    return public_job(job)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    """Cancel: a queued or paused job at once; a running one's process is stopped within seconds."""
+    return _act(ctx, job_id, "cancel")
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    """Pause: the process stops; `resume` continues from the last complete checkpoint."""
+    return _act(ctx, job_id, "pause")
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    """Put a paused job back in the queue."""
+    return _act(ctx, job_id, "resume")
+
+
+@router.get("/{job_id}/logs")
+def job_logs(
+    job_id: str,
+    ctx: Ctx,
+    offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=4 * 1024**2)] = 256 * 1024,
+) -> dict[str, Any]:
+    """The training process's output (all attempts), from `offset`; `next_offset` continues it."""
+    job = services.require_job(ctx.store, job_id)
+    path = queue.job_log_path(job["run_dir"])
+    if not path.is_file():
+        return {"text": "", "offset": offset, "next_offset": offset}
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(limit)
+    return {"text": data.decode("utf-8", "replace"), "offset": offset, "next_offset": offset + len(data)}
+
+
+@router.get("/{job_id}/events")
+def job_events(job_id: str, ctx: Ctx) -> dict[str, Any]:
+    """State changes of a job (queued, claimed, started, recovered, succeeded, ...)."""
+    services.require_job(ctx.store, job_id)
+    return {"data": ctx.store.job_events(job_id)}
+
+
+def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
+    keep = (
+        *("id", "name", "status", "method", "base_model", "dataset_id", "attempts", "requested", "error"),
+        *("trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
+    )
+    out = {k: job.get(k) for k in keep}
+    last = last_metrics(job["run_dir"]) or {}
+    out["step"] = int(last.get("step", 0))
+    out["max_steps"] = job["config"].get("max_steps")
+    out["reward"] = last.get("reward")
+    out["has_adapter"] = (Path(job["run_dir"]) / "adapter" / "adapter_config.json").is_file()
+    if with_config:
+        out["config"] = job["config"]
+    return out

@@ -1,0 +1,37 @@
+"""Server settings: one pydantic model, built by the caller (CLI or test), never at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerSettings(BaseModel):
+    """Everything `create_app` needs. `openrft server` builds this from its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(
+        Path("openrft-data"), description="Store: SQLite database, datasets, rewards, runs, the API key."
+    )
+    api_key: str | None = Field(
+        None,
+        description="API key; None = $OPENRFT_API_KEY, else the key saved in the data dir "
+        "(generated at first start).",
+    )
+    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload (bytes).")
+    max_body_bytes: int = Field(
+        8 * 1024**2, ge=1, description="Largest request body on every other route (bytes)."
+    )
+    max_concurrent_jobs: int = Field(1, ge=0, description="Training jobs run at once; 0 = no worker.")
+    max_attempts: int = Field(
+        3, ge=1, description="A job interrupted (server crash or restart) this many times is failed."
+    )
+    poll_interval_s: float = Field(0.5, gt=0, description="How often the worker looks at the queue.")
+    cancel_grace_s: float = Field(
+        5.0, ge=0, description="Seconds a job has to exit after SIGTERM before SIGKILL."
+    )
+    job_env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for training processes."
+    )
