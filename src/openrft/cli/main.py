@@ -79,6 +79,55 @@ def eval_(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+@app.command()
+def compare(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    train_sizes: Annotated[
+        str | None, typer.Option("--train-sizes", help="Training rows per cell, e.g. 12,100.")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Methods to train, from sft,rft,sft_rft (default: all).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the report and runs.")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Base vs SFT vs RFT vs SFT-then-RFT at several training sizes, equal budgets, same held-out
+    rows: writes report.md, report.json and accuracy.png. Rerun to resume."""
+    import shlex
+
+    from openrft.config import load_config
+    from openrft.evaluation.compare import compare as run_compare
+    from openrft.tracking.progress import RichReporter
+
+    cfg = load_config(config, overrides or [])
+    sizes = None
+    if train_sizes:
+        try:
+            sizes = [int(x) for x in train_sizes.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(
+                f"--train-sizes {train_sizes!r}: write whole numbers separated by commas, e.g. 12,100"
+            ) from None
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    command = shlex.join(["openrft", "compare", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+    report = run_compare(
+        cfg,
+        output=output,
+        train_sizes=sizes,
+        methods=chosen,
+        reporter=RichReporter(err_console),
+        command=command,
+    )
+    for r in report["results"]:
+        size = "" if r["train_size"] is None else f"n={r['train_size']} "
+        lo, hi = r["accuracy_ci95"] or (None, None)
+        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+        typer.echo(f"{size}{r['method']}: accuracy {r['accuracy']:.3f}{ci}")
+    err_console.print(f"[green]done:[/] {output / 'report.md'}")
+
+
 data_app = typer.Typer(help="Datasets: generate task data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
