@@ -67,7 +67,8 @@ def save_dataset(store: Store, tmp_file: Path, filename: str, sha256: str, size:
     try:
         loaded = read_rows(named)
     except DataError as e:
-        raise DataError(str(e).replace(str(named), Path(filename).name)) from None
+        e.args = (str(e).replace(str(named), Path(filename).name),)  # the user's file name, not ours
+        raise
     columns = list(dict.fromkeys(k for row in loaded.rows[:1000] for k in row))
     final = store.datasets_dir / f"{sha256}{ext}"
     if not final.exists():
@@ -244,7 +245,8 @@ def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> t
             lines=loaded.lines,
         )
     except DataError as e:
-        raise DataError(str(e).replace(str(cfg.data.train), train["name"])) from None
+        e.args = (str(e).replace(str(cfg.data.train), train["name"]),)
+        raise
     for spec_ in cfg.rewards:
         check_function(spec_.function, kwargs=spec_.kwargs, name=spec_.name)
     return cfg.model_dump(mode="json"), train["id"]
