@@ -165,7 +165,7 @@ async function showRun(id) {
   const main = document.getElementById("main");
   const job = await api(`/v1/jobs/${id}`);
   const actions = el("span", { class: "row" },
-    ["pause", "resume", "cancel"].map((a) => el("button", {
+    ({ queued: ["pause", "cancel"], running: ["pause", "cancel"], paused: ["resume", "cancel"] }[job.status] || []).map((a) => el("button", {
       id: `action-${a}`,
       onclick: async () => { try { await api(`/v1/jobs/${id}/${a}`, { method: "POST" }); route(); } catch (e) { handleError(e); } },
     }, a)));
