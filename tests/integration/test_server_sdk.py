@@ -270,7 +270,7 @@ def test_dashboard_shows_curves_completions_and_comparison(
             step_options = page.eval_on_selector_all("#step-select option", "els => els.map(e => e.value)")
             assert step_options == ["1", "2"]
             page.select_option("#step-select", "1")
-            page.wait_for_function("() => document.querySelectorAll('.completion').length === %d" % G)
+            page.wait_for_function(f"() => document.querySelectorAll('.completion').length === {G}")
             page.screenshot(path=str(shots / "dashboard-run.png"), full_page=True)
 
             # compare: both runs on one chart
