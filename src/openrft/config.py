@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from openrft.errors import ConfigError
 from openrft.rewards.spec import RewardSpec
@@ -245,6 +253,8 @@ class CompareSection(_Section):
 class RunConfig(_Section):
     """A whole run. `openrft train CONFIG` reads this from YAML."""
 
+    _base_dir: str | None = PrivateAttr(default=None)
+
     method: Method = Field("grpo", description="Training recipe.")
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
@@ -296,6 +306,11 @@ class RunConfig(_Section):
         if self.eval.every and self.data.eval is None and self.data.eval_fraction == 0:
             raise ValueError("eval.every > 0 needs held-out rows: set data.eval or data.eval_fraction > 0")
         return self
+
+    @property
+    def base_dir(self) -> str | None:
+        """The config file's folder (where relative paths and reward modules are looked up)."""
+        return self._base_dir
 
     @property
     def epsilon_high(self) -> float:
@@ -475,6 +490,7 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         candidate = base / p
         return str(candidate.resolve()) if candidate.exists() or not p.exists() else str(p.resolve())
 
+    cfg._base_dir = str(base.resolve())
     cfg.data.train = fix(cfg.data.train) or cfg.data.train
     cfg.data.eval = fix(cfg.data.eval)
     cfg.lora.init_adapter = fix(cfg.lora.init_adapter)

@@ -45,6 +45,7 @@ from openrft.engine.common import (
 from openrft.engine.logprobs import completion_logps
 from openrft.engine.losses import grpo_loss, normaliser
 from openrft.engine.rollout import sample_groups
+from openrft.engine.rollout_model import RolloutModel
 from openrft.errors import ConfigError
 from openrft.rewards import RewardSet
 from openrft.tracking.progress import NullReporter, Reporter
@@ -230,6 +231,70 @@ def _num(x: torch.Tensor) -> float | None:
 # =============================================================================================
 
 
+@dataclass
+class Trainer:
+    """Everything a GRPO step needs, built once by `setup_grpo`."""
+
+    cfg: RunConfig
+    run: RunDir
+    model: torch.nn.Module  # the policy: base + trainable LoRA (peft)
+    sampler: RolloutModel  # LoRA-merged copy used for sampling
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    rewards: RewardSet
+    prompts: list[PromptItem]
+    names: list[str]
+    weights: torch.Tensor  # [F]
+    eos: list[int]
+    pad: int
+    start_step: int = 0
+
+
+def setup_grpo(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter) -> Trainer:
+    """Validate inputs (data, rewards) before loading the model, then build the trainer state."""
+    splits = load_splits(cfg)
+    rewards = RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=cfg.max_reward_error_rate)
+    try:
+        set_threads(cfg.model.threads)
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.model.device)
+        run.create(cfg)
+        reporter.message(f"loading {cfg.model.name} ...")
+        model, tok = load_policy(cfg, device)
+        prompts = build_prompts(cfg, tok, splits.train, cfg.data.train)
+        optimizer, scheduler = make_optimizer(cfg, model)
+        start = 0
+        ckpt.cleanup_partial(run.checkpoints)
+        if resume:
+            last = ckpt.latest(run.checkpoints)
+            if last is not None:
+                state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler)
+                start = int(state["step"])
+                reporter.message(f"resumed from {last} (step {start})")
+            run.truncate_after(start)
+    except BaseException:
+        rewards.close()
+        raise
+    eos = eos_ids(tok, model)
+    return Trainer(
+        cfg=cfg,
+        run=run,
+        model=model,
+        sampler=RolloutModel(model),
+        tokenizer=tok,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        rewards=rewards,
+        prompts=prompts,
+        names=[r.name for r in cfg.rewards],
+        weights=torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32),
+        eos=eos,
+        pad=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
+        start_step=start,
+    )
+
+
 def train_grpo(
     cfg: RunConfig,
     *,
@@ -244,75 +309,35 @@ def train_grpo(
         raise ConfigError(
             f"{run.path} already holds a run; pass --resume to continue it or choose another --output-dir"
         )
-
-    # -- setup: everything that can fail on user input fails before the model loads ---------------
-    splits = load_splits(cfg)
-    rewards = RewardSet(cfg.rewards, max_error_rate=cfg.max_reward_error_rate)
-    set_threads(cfg.model.threads)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.model.device)
-    run.create(cfg)
-    reporter.message(f"loading {cfg.model.name} ...")
-    model, tok = load_policy(cfg, device)
-    prompts = build_prompts(cfg, tok, splits.train, cfg.data.train)
-    optimizer, scheduler = make_optimizer(cfg, model)
-    eos = eos_ids(tok, model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-    names = [r.name for r in cfg.rewards]
-    weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
-
-    start = 0
-    ckpt.cleanup_partial(run.checkpoints)
-    if resume:
-        last = ckpt.latest(run.checkpoints)
-        if last is not None:
-            state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler)
-            start = int(state["step"])
-            reporter.message(f"resumed from {last} (step {start})")
-        run.truncate_after(start)
-
-    reporter.start(cfg.max_steps, start, "GRPO")
+    tr = setup_grpo(cfg, run, resume=resume, reporter=reporter)
+    reporter.start(cfg.max_steps, tr.start_step, "GRPO")
     try:
-        with rewards:
-            for step in range(start + 1, cfg.max_steps + 1):
-                metrics = _train_step(
-                    cfg,
-                    step,
-                    model,
-                    tok,
-                    optimizer,
-                    scheduler,
-                    rewards,
-                    prompts,
-                    names,
-                    weights,
-                    eos,
-                    pad,
-                    run,
-                )
+        with tr.rewards:
+            for step in range(tr.start_step + 1, cfg.max_steps + 1):
+                metrics = train_step(tr, step)
                 if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                     t0 = time.perf_counter()
-                    _save(cfg, run, step, model, optimizer, scheduler)
+                    save_checkpoint(tr, step)
                     metrics["time/checkpoint"] = time.perf_counter() - t0
                 run.log_metrics(metrics)
                 reporter.update(step, metrics)
-            if start < cfg.max_steps or not run.adapter.exists():
-                _save(cfg, run, cfg.max_steps, model, optimizer, scheduler)
-                save_final_adapter(model, run.adapter)
+            if tr.start_step < cfg.max_steps or not run.adapter.exists():
+                save_checkpoint(tr, cfg.max_steps)
+                save_final_adapter(tr.model, run.adapter)
     finally:
         reporter.stop()
     return run.path
 
 
-def _save(cfg: RunConfig, run: RunDir, step: int, model: Any, optimizer: Any, scheduler: Any) -> None:
+def save_checkpoint(tr: Trainer, step: int) -> None:
     ckpt.save_checkpoint(
-        run.checkpoints,
+        tr.run.checkpoints,
         step,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        state={"data_position": step * cfg.grpo.prompts_per_step, "seed": cfg.seed},
-        keep=cfg.keep_checkpoints,
+        model=tr.model,
+        optimizer=tr.optimizer,
+        scheduler=tr.scheduler,
+        state={"data_position": step * tr.cfg.grpo.prompts_per_step, "seed": tr.cfg.seed},
+        keep=tr.cfg.keep_checkpoints,
     )
 
 
@@ -322,74 +347,57 @@ def save_final_adapter(model: Any, target: Path) -> None:
     save_adapter(model, target)
 
 
-def _train_step(
-    cfg: RunConfig,
-    step: int,
-    model: torch.nn.Module,
-    tok: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    rewards: RewardSet,
-    prompts: list[PromptItem],
-    names: list[str],
-    weights: torch.Tensor,
-    eos: list[int],
-    pad: int,
-    run: RunDir,
-) -> dict[str, Any]:
-    g = cfg.grpo
+def train_step(tr: Trainer, step: int) -> dict[str, Any]:
+    """One GRPO step: rollout -> reward -> advantage -> update -> log; returns its metrics."""
+    cfg, g = tr.cfg, tr.cfg.grpo
     timer = PhaseTimer()
     t_step = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step))
-    batch_prompts = [
-        prompts[i]
-        for i in batch_indices(len(prompts), step - 1, g.prompts_per_step, cfg.seed, cfg.data.shuffle)
-    ]
+    rows = batch_indices(len(tr.prompts), step - 1, g.prompts_per_step, cfg.seed, cfg.data.shuffle)
+    batch_prompts = [tr.prompts[i] for i in rows]
 
     with timer("rollout"):
-        model.eval()
-        gen = torch.Generator(device="cpu").manual_seed(step_seed(cfg.seed, step))
+        tr.sampler.sync()
+        on_cpu = next(tr.model.parameters()).device.type == "cpu"
         batch = sample_groups(
-            model,
+            tr.sampler,
             [p.ids for p in batch_prompts],
             group_size=g.num_generations,
             max_new_tokens=g.max_new_tokens,
-            eos_ids=eos,
-            pad_id=pad,
+            eos_ids=tr.eos,
+            pad_id=tr.pad,
             temperature=g.temperature,
             top_p=g.top_p,
             top_k=g.top_k,
-            generator=gen if next(model.parameters()).device.type == "cpu" else None,
+            generator=torch.Generator().manual_seed(step_seed(cfg.seed, step)) if on_cpu else None,
         )
-        completions = decode_completions(tok, batch, cfg.data.assistant_prefix)
+        completions = decode_completions(tr.tokenizer, batch, cfg.data.assistant_prefix)
 
     with timer("reward"):
         expanded = [batch_prompts[i // g.num_generations] for i in range(batch.num_sequences)]
-        scores = rewards.score([p.text for p in expanded], completions, [p.row for p in expanded])
-        values = torch.tensor(scores.values, dtype=torch.float32).view(
-            batch.num_sequences, len(names)
-        )  # [N, F]
+        scores = tr.rewards.score([p.text for p in expanded], completions, [p.row for p in expanded])
+        values = torch.tensor(scores.values, dtype=torch.float32).view(batch.num_sequences, len(tr.names))
 
     with timer("advantage"):
-        totals = weighted_total(values, weights)  # [N]
+        totals = weighted_total(values, tr.weights)  # [N]
         advantages, _, _ = group_advantages(totals, g.num_generations, scale=g.scale_rewards)
 
     with timer("update"):
-        stats = update_policy(cfg, model, optimizer, batch, advantages)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        stats = update_policy(cfg, tr.model, tr.optimizer, batch, advantages)
+        lr = tr.scheduler.get_last_lr()[0]
+        tr.scheduler.step()
 
     with timer("log"):
         if step % cfg.log_samples_every == 0:
-            run.log_samples(
-                sample_rows(step, batch_prompts, completions, names, values, totals, advantages, batch)
+            tr.run.log_samples(
+                sample_rows(step, batch_prompts, completions, tr.names, values, totals, advantages, batch)
             )
 
     step_time = time.perf_counter() - t_step
     lengths = batch.completion_mask.sum(-1).float()
     metrics: dict[str, Any] = {"step": step}
-    metrics.update(reward_metrics(names, values, totals, g.num_generations, scores.errors))
-    for name, n in getattr(scores, "infra_errors", {}).items():
+    metrics.update(reward_metrics(tr.names, values, totals, g.num_generations, scores.errors))
+    for name, n in scores.infra_errors.items():
         metrics[f"rewards/{name}/infra_errors"] = float(n)
     metrics.update(
         {

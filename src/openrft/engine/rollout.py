@@ -45,6 +45,17 @@ def filter_logits(logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tenso
     return logits
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs [R, V] by inverse-CDF sampling -> [R].
+
+    Same distribution as torch.multinomial, but multinomial draws V exponentials per row
+    (31 ms per decode step for 32 x 49k here) where this draws one uniform per row (~1 ms).
+    """
+    cdf = probs.cumsum(-1)  # [R, V]
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_groups(
     model: torch.nn.Module,
@@ -91,7 +102,7 @@ def sample_groups(
         scaled = logits / temp  # [R, V]
         if temperature > 0:
             probs = torch.softmax(filter_logits(scaled, top_p, top_k), dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+            tok = sample_tokens(probs, generator)  # [R]
         else:
             tok = scaled.argmax(-1)
         lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # [R]

@@ -95,9 +95,7 @@ def _assistant_text(value: Any, column: str, where: Where) -> str:
     """Text of a completion cell: a string, or [{"role": "assistant", "content": ...}]."""
     if isinstance(value, str):
         if not value.strip():
-            raise where.error(
-                "the completion is empty", column=column, hint="write it or drop the row"
-            )
+            raise where.error("the completion is empty", column=column, hint="write it or drop the row")
         return value
     if (
         isinstance(value, list)

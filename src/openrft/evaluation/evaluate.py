@@ -21,6 +21,7 @@ from openrft.engine.common import (
 )
 from openrft.engine.grpo import decode_completions
 from openrft.engine.rollout import sample_groups
+from openrft.engine.rollout_model import RolloutModel
 from openrft.errors import ConfigError
 from openrft.evaluation.metrics import bootstrap_ci, mean, pass_at_k
 from openrft.rewards import RewardSet
@@ -37,7 +38,9 @@ def load_for_eval(cfg: RunConfig, adapter: str | Path | None) -> tuple[torch.nn.
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"{adapter}: not an adapter directory (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, str(adapter))
+        # eval never trains: merge the adapter so sampling runs on plain weights
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.set_attn_implementation("eager")  # faster than SDPA for one-token decode queries on CPU
     model.eval()
     return model, tok
 
@@ -89,11 +92,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with RewardSet(cfg.rewards, max_error_rate=1.0) as rewards:
+        sampler = RolloutModel(model) if hasattr(model, "peft_config") else model
+        with RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=1.0) as rewards:
             for start in range(0, len(prompts), per_batch):
                 chunk = prompts[start : start + per_batch]
                 batch = sample_groups(
-                    model,
+                    sampler,
                     [p.ids for p in chunk],
                     group_size=k,
                     max_new_tokens=max_new,
