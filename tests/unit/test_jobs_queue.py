@@ -1,0 +1,143 @@
+"""The durable queue's transitions on a real SQLite store: atomic claims, requests, recovery."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from openrft.jobs import procs, queue
+from openrft.jobs.worker import outcome
+from openrft.server.store import Store
+
+CONFIG = {"method": "grpo", "model": {"name": "m"}, "data": {"train": "x"}, "max_steps": 2}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path).init()
+
+
+def test_claims_are_exclusive_across_threads(store: Store) -> None:
+    ids = [queue.enqueue(store, config=CONFIG)["id"] for _ in range(20)]
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        while (job := queue.claim(store, f"w{n}")) is not None:
+            with lock:
+                claimed.append(job["id"])
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)  # each exactly once
+    assert all(j["status"] == "running" and j["attempts"] == 1 for j in store.list_jobs())
+
+
+def test_claim_order_and_finish(store: Store) -> None:
+    a = queue.enqueue(store, config=CONFIG)
+    time.sleep(0.01)
+    b = queue.enqueue(store, config=CONFIG)
+    assert queue.claim(store, "me")["id"] == a["id"]
+    queue.finish(store, a["id"], "succeeded")
+    done = store.get_job(a["id"])
+    assert done["status"] == "succeeded" and done["finished_at"] and done["worker"] is None
+    queue.finish(store, a["id"], "failed", "late")  # only a running job can finish
+    assert store.get_job(a["id"])["status"] == "succeeded"
+    assert queue.claim(store, "me")["id"] == b["id"]
+    assert queue.claim(store, "me") is None
+
+
+def test_requests_follow_the_state(store: Store) -> None:
+    job = queue.enqueue(store, config=CONFIG)
+    assert queue.request(store, job["id"], "pause")["status"] == "paused"
+    assert queue.claim(store, "me") is None  # paused jobs are not claimed
+    assert queue.request(store, job["id"], "resume")["status"] == "queued"
+    queue.claim(store, "me")
+    running = queue.request(store, job["id"], "cancel")
+    assert (running["status"], running["requested"]) == ("running", "cancel")
+    queue.finish(store, job["id"], "cancelled")
+    with pytest.raises(ValueError, match="only queued, paused or running"):
+        queue.request(store, job["id"], "cancel")
+    assert queue.request(store, "job-missing", "cancel") is None
+    with pytest.raises(ValueError, match="unknown action"):
+        queue.request(store, job["id"], "explode")
+
+
+def test_recover_requeues_jobs_of_a_dead_worker_and_stops_their_process(store: Store) -> None:
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        job = queue.enqueue(store, config=CONFIG)
+        dead_worker = "999999:12345"  # no such process
+        queue.claim(store, dead_worker)
+        queue.set_process(store, job["id"], orphan.pid, procs.start_time(orphan.pid))
+        live = queue.enqueue(store, config=CONFIG)
+        queue.claim(store, procs.identity())  # a live worker (this process): left alone
+
+        changed = queue.recover(store, me="someone-else", grace_s=2, max_attempts=3)
+        assert changed == [job["id"]]
+        assert orphan.wait(timeout=10) is not None  # the orphaned training process was stopped
+        again = store.get_job(job["id"])
+        assert (again["status"], again["pid"], again["attempts"]) == ("queued", None, 1)
+        assert store.get_job(live["id"])["status"] == "running"
+        assert [e["event"] for e in store.job_events(job["id"])][-1] == "recovered"
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+def test_recover_fails_a_job_after_max_attempts_and_honours_requests(store: Store) -> None:
+    a = queue.enqueue(store, config=CONFIG)
+    b = queue.enqueue(store, config=CONFIG)
+    for _ in range(3):
+        queue.claim(store, "1:1")
+        if store.get_job(a["id"])["attempts"] < 3:
+            queue.finish(store, a["id"], "queued")
+    queue.request(store, b["id"], "pause")
+    queue.request(store, b["id"], "resume")
+    queue.claim(store, "1:1")
+    queue.request(store, b["id"], "cancel")
+    queue.recover(store, me="me", grace_s=0, max_attempts=3)
+    assert store.get_job(a["id"])["status"] == "failed"
+    assert "interrupted 3 times" in store.get_job(a["id"])["error"]
+    assert store.get_job(b["id"])["status"] == "cancelled"
+
+
+def test_process_identity_guards_against_pid_reuse() -> None:
+    me = procs.identity()
+    assert procs.identity_alive(me)
+    pid, _, start = me.partition(":")
+    assert not procs.alive(int(pid), str(int(start) + 1))  # same pid, another start time
+    assert not procs.identity_alive("999999:1") and not procs.identity_alive(None)
+
+
+@pytest.mark.parametrize(
+    ("code", "result", "requested", "adapter", "expected"),
+    [
+        (0, {"status": "succeeded"}, None, True, ("succeeded", None)),
+        (
+            0,
+            {"status": "succeeded"},
+            None,
+            False,
+            ("failed", "the training process exited with code 0; see the job log"),
+        ),
+        (2, {"status": "failed", "error": "bad row"}, None, False, ("failed", "bad row")),
+        (-9, {}, None, False, ("failed", "the training process killed by signal 9; see the job log")),
+        (143, {"status": "stopped"}, "cancel", False, ("cancelled", None)),
+        (143, {"status": "stopped"}, "pause", False, ("paused", None)),
+    ],
+)
+def test_outcome(
+    tmp_path: Path, code: int, result: dict, requested: str | None, adapter: bool, expected: tuple
+) -> None:
+    if adapter:
+        (tmp_path / "adapter").mkdir()
+    assert outcome(code, result, requested, tmp_path) == expected
