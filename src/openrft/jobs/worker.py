@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +41,6 @@ class Running:
     log_file: IO[bytes]
     signalled_at: float | None = None
     killed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class JobWorker:
