@@ -324,6 +324,39 @@ class _Jobs:
     def get(self, job_id: str) -> Job:
         return Job(self.client, self.client._request("GET", f"/v1/jobs/{job_id}"))
 
+    def submit(
+        self,
+        config_path: str | Path,
+        overrides: list[str] | None = None,
+        name: str | None = None,
+        trackers: list[str] | None = None,
+    ) -> Job:
+        """Run a local YAML config (as for `openrft train`) on the server: its data files are
+        uploaded, its `file.py:function` rewards registered under their names, and the job created.
+        `overrides` are `--set` strings ('grpo.temperature=0.9')."""
+        import yaml
+
+        from openrft.config import apply_overrides
+
+        path = Path(config_path)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the config must be a mapping of keys to values")
+        apply_overrides(raw, list(overrides or []))
+        raw.pop("output_dir", None)
+        data = raw.get("data") or {}
+        for key in ("train", "eval"):
+            value = data.get(key)
+            local = path.parent / str(value) if value else None
+            if local is not None and local.is_file():
+                data[key] = self.client.datasets.upload(local).id
+        for spec in raw.get("rewards") or []:
+            target, sep, func = str(spec.get("function", "")).rpartition(":")
+            if sep and target.endswith(".py"):
+                source = (path.parent / target).read_text(encoding="utf-8")
+                spec["function"] = self.client.rewards.create(spec["name"], source, function=func).ref
+        return self.create(raw, name=name or path.stem, trackers=trackers)
+
     def list(self, status: str | None = None) -> list[Job]:
         params = {"status": status} if status else {}
         return [Job(self.client, d) for d in self.client._request("GET", "/v1/jobs", params=params)["data"]]

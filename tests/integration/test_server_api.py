@@ -373,3 +373,27 @@ def test_client_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="no API key"):
         openrft.Client("http://127.0.0.1:9")
     assert os.environ.get("OPENRFT_API_KEY") is None
+
+
+def test_submit_a_local_yaml_config(client: openrft.Client, dataset_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_bytes(dataset_file.read_bytes())
+    (tmp_path / "my_rewards.py").write_text("def close(prompt, completion, example):\n    return 0.25\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: {name: tiny-random-llama}\n"
+        "data: {train: data/rows.jsonl, prompt_template: 'Use {nums} for {target}'}\n"
+        "rewards:\n"
+        "  - {name: close, function: my_rewards.py:close, weight: 0.5}\n"
+        "  - {name: eq, function: countdown.equation}\n"
+        "max_steps: 3\n"
+        "output_dir: runs/local\n"
+    )
+    job = client.jobs.submit(config, overrides=["max_steps=5"])
+    config_seen = job.refresh().data["config"]
+    assert job.data["name"] == "run" and config_seen["max_steps"] == 5
+    assert job.data["dataset_id"] == client.datasets.upload(dataset_file).id
+    assert config_seen["rewards"][0]["function"].endswith("rewards/close/v1.py:close")
+    assert config_seen["rewards"][0]["weight"] == 0.5
+    assert client.rewards.source("close", 1).startswith("def close")
+    job.cancel()
