@@ -186,7 +186,9 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, total_tokens: float) -> to
 def target_logps(
     model: torch.nn.Module, batch: PaddedBatch | PackedBatch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each target token [n, T], mask [n, T]) under the model, with gradients."""
+    """(log-prob of each target token, mask) under the model, with gradients: [n, T] each for a
+    padded batch; [K] (the K target tokens) for a packed one, whose vocabulary projection is
+    applied only at target positions (prompt positions need no logits)."""
     device = next(model.parameters()).device
     if isinstance(batch, PaddedBatch):
         mask = batch.completion_mask.to(device)
@@ -195,14 +197,17 @@ def target_logps(
         )
         return logps, mask
     ids = batch.input_ids.to(device)
-    out = causal_lm(model)(
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
         input_ids=ids,
         attention_mask=None,  # None + restarting position ids = block-diagonal causal attention
         position_ids=batch.position_ids.to(device),
         use_cache=False,
-    )
-    logps = selective_log_softmax(out.logits[:, :-1], ids[:, 1:])  # [r, L-1]: token t+1 given <= t
-    return logps, batch.target_mask[:, 1:].to(device)
+    ).last_hidden_state  # [r, L, H]
+    targets = batch.target_mask[:, 1:].to(device).bool()  # [r, L-1]: token t+1 is a target
+    logits = lm.get_output_embeddings()(hidden[:, :-1][targets])  # [K, V]: only where a target is
+    logps = selective_log_softmax(logits, ids[:, 1:][targets])  # [K]
+    return logps, torch.ones_like(logps)
 
 
 # =============================================================================================
