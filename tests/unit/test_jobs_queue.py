@@ -93,21 +93,26 @@ def test_recover_requeues_jobs_of_a_dead_worker_and_stops_their_process(store: S
             orphan.kill()
 
 
-def test_recover_fails_a_job_after_max_attempts_and_honours_requests(store: Store) -> None:
+def test_recover_fails_a_job_after_max_crashes_and_honours_requests(store: Store) -> None:
     a = queue.enqueue(store, config=CONFIG)
+    queue.claim(store, "1:1")
+    queue.finish(store, a["id"], "queued")  # a graceful restart: does not count as a crash
+    for crash in range(3):
+        assert queue.claim(store, "1:1")["id"] == a["id"]
+        queue.recover(store, me="me", grace_s=0, max_attempts=3)
+        expected = "queued" if crash < 2 else "failed"
+        assert store.get_job(a["id"])["status"] == expected
+    assert "interrupted 3 times" in store.get_job(a["id"])["error"]
+    assert store.get_job(a["id"])["attempts"] == 4
     b = queue.enqueue(store, config=CONFIG)
-    for _ in range(3):
-        queue.claim(store, "1:1")
-        if store.get_job(a["id"])["attempts"] < 3:
-            queue.finish(store, a["id"], "queued")
-    queue.request(store, b["id"], "pause")
-    queue.request(store, b["id"], "resume")
     queue.claim(store, "1:1")
     queue.request(store, b["id"], "cancel")
+    c = queue.enqueue(store, config=CONFIG)
+    queue.claim(store, "1:1")
+    queue.request(store, c["id"], "pause")
     queue.recover(store, me="me", grace_s=0, max_attempts=3)
-    assert store.get_job(a["id"])["status"] == "failed"
-    assert "interrupted 3 times" in store.get_job(a["id"])["error"]
     assert store.get_job(b["id"])["status"] == "cancelled"
+    assert store.get_job(c["id"])["status"] == "paused"
 
 
 def test_process_identity_guards_against_pid_reuse() -> None:

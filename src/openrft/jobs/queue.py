@@ -179,8 +179,9 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
     """Re-queue jobs marked running whose worker process is gone (a crashed or restarted server).
 
     Their training process, if it still runs (it stops itself when its server dies, but may not
-    have noticed yet), is terminated first, so a job never runs twice at once. A job interrupted
-    `max_attempts` times is failed instead. Returns the ids of the jobs it changed.
+    have noticed yet), is terminated first, so a job never runs twice at once. A job whose worker
+    died `max_attempts` times is failed instead (graceful server restarts do not count).
+    Returns the ids of the jobs it changed.
     """
     changed = []
     for job in store.list_jobs(status="running", limit=100_000):
@@ -194,8 +195,8 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
             status, error = "cancelled", None
         elif requested == "pause":
             status, error = "paused", None
-        elif job["attempts"] >= max_attempts:
-            status, error = "failed", f"interrupted {job['attempts']} times (server stopped while it ran)"
+        elif _crashes(store, job["id"]) + 1 >= max_attempts:
+            status, error = "failed", f"interrupted {max_attempts} times by a server that died while it ran"
         else:
             status, error = "queued", None
         now = time.time()
@@ -210,6 +211,12 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
         if n:
             changed.append(job["id"])
     return changed
+
+
+def _crashes(store: Store, job_id: str) -> int:
+    """How often a job was already recovered from a dead worker (graceful restarts do not count)."""
+    rows = store.query("SELECT COUNT(*) AS n FROM job_events WHERE job_id=? AND event='recovered'", (job_id,))
+    return int(rows[0]["n"])
 
 
 def job_log_path(run_dir: str | Path) -> Path:

@@ -181,6 +181,7 @@ class JobWorker:
         )
         log_file.flush()
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env.pop("OPENRFT_API_KEY", None)  # training (and user reward code) never needs the server's key
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "openrft.jobs.child", str(job_file)],

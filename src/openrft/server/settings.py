@@ -26,7 +26,7 @@ class ServerSettings(BaseModel):
     )
     max_concurrent_jobs: int = Field(1, ge=0, description="Training jobs run at once; 0 = no worker.")
     max_attempts: int = Field(
-        3, ge=1, description="A job interrupted (server crash or restart) this many times is failed."
+        3, ge=1, description="A job whose server died under it this many times is failed (not retried)."
     )
     poll_interval_s: float = Field(0.5, gt=0, description="How often the worker looks at the queue.")
     cancel_grace_s: float = Field(
