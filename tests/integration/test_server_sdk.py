@@ -216,7 +216,7 @@ BROWSER_ARGS = [
     not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install -y chromium)"
 )
 def test_dashboard_shows_curves_completions_and_comparison(
-    server: str, two_runs: tuple[Job, Job], tmp_path: Path
+    server: str, client: openrft.Client, dataset: Any, two_runs: tuple[Job, Job], tmp_path: Path
 ) -> None:
     playwright = pytest.importorskip(
         "playwright.sync_api", reason="pip install playwright (no browser download)"
@@ -224,6 +224,7 @@ def test_dashboard_shows_curves_completions_and_comparison(
     first, second = two_runs
     first.wait(timeout=300)
     second.wait(timeout=300)
+    live = _finetune(client, dataset, "live")  # watched while it runs
     shots = Path(os.environ.get("OPENRFT_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as pw:
@@ -240,8 +241,20 @@ def test_dashboard_shows_curves_completions_and_comparison(
             page.wait_for_selector(f"tr[data-run='{first.id}']")
             assert "succeeded" in page.inner_text(f"tr[data-run='{first.id}']")
 
+            # live updates: a job opened while queued fills its chart and status without a reload
+            page.goto(f"{server}/#/run/{live.id}")
+            page.wait_for_function(
+                "() => { const s = document.getElementById('run-status'), d = document.getElementById("
+                "'chart-reward'); return s && s.textContent === 'succeeded' && d && d.data &&"
+                " d.data.some(t => t.name === 'reward' && t.x.length === 2); }",
+                timeout=120_000,
+            )
+
             # one run: total reward with std band, each reward function, KL/length/loss, completions
             page.goto(f"{server}/#/run/{first.id}")
+            page.wait_for_function(
+                "() => (document.querySelector('h1') || {}).textContent?.startsWith('first')"
+            )
             page.wait_for_function(
                 "() => { const d = document.getElementById('chart-reward');"
                 " return d && d.data && d.data.some(t => t.name === 'reward' && t.x.length === 2); }",
