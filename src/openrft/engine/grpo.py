@@ -42,8 +42,9 @@ from openrft.engine.common import (
     set_threads,
     step_seed,
 )
-from openrft.engine.logprobs import completion_logps
+from openrft.engine.logprobs import grouped_completion_logps
 from openrft.engine.losses import grpo_loss, normaliser
+from openrft.engine.precision import train_autocast
 from openrft.engine.rollout import sample_groups
 from openrft.engine.rollout_model import RolloutModel
 from openrft.errors import ConfigError
@@ -108,21 +109,16 @@ def update_policy(
             idx = rows[start : start + cfg.optim.micro_batch_size]
             width = int(batch.completion_mask[idx].sum(-1).max())  # trim right padding of this micro-batch
             cm = mask[idx, :width].to(device)  # [n, t]
-            args = (batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx, :width])
-            logp, ent = completion_logps(
-                model,
-                *args,
-                batch.completion_mask[idx, :width],
-                temperature=g.temperature,
-                with_entropy=it == 0,
-            )
+            args = micro_batch_inputs(batch, idx, width)
+            with train_autocast(model):
+                logp, ent = grouped_completion_logps(
+                    model, *args, temperature=g.temperature, with_entropy=it == 0
+                )
+                ref = None
+                if g.beta > 0:
+                    with torch.no_grad(), model.disable_adapter():
+                        ref, _ = grouped_completion_logps(model, *args, temperature=g.temperature)
             old = batch.sampling_logps[idx, :width].to(device) if g.num_iterations > 1 else logp.detach()
-            ref = None
-            if g.beta > 0:
-                with torch.no_grad(), model.disable_adapter():
-                    ref, _ = completion_logps(
-                        model, *args, batch.completion_mask[idx, :width], temperature=g.temperature
-                    )
             parts = grpo_loss(
                 logp,
                 old,
@@ -156,6 +152,22 @@ def update_policy(
         clip_ratio=sums["clip"] / tok,
         entropy=sums["ent"] / sums["ent_n"] if sums["ent_n"] else float("nan"),
         grad_norm=grad_norm,
+    )
+
+
+def micro_batch_inputs(
+    batch: RolloutBatch, idx: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distinct prompt ids [U, P], their mask, row -> prompt index [n], completion ids/mask [n, t])."""
+    group = idx // batch.group_size  # [n]
+    uniq, inv = torch.unique(group, return_inverse=True)  # [U], [n]
+    first_rows = uniq * batch.group_size
+    return (
+        batch.prompt_ids[first_rows],
+        batch.prompt_mask[first_rows],
+        inv,
+        batch.completion_ids[idx, :width],
+        batch.completion_mask[idx, :width],
     )
 
 
