@@ -325,14 +325,18 @@ def train_grpo(
     reporter.start(cfg.max_steps, tr.start_step, "GRPO")
     try:
         with tr.rewards:
+            checkpoint_s = 0.0
             for step in range(tr.start_step + 1, cfg.max_steps + 1):
                 metrics = train_step(tr, step)
+                metrics["time/checkpoint"] = checkpoint_s  # the previous step's checkpoint, if any
+                # metrics first, then the checkpoint: a crash in between redoes this step on resume
+                run.log_metrics(metrics)
+                reporter.update(step, metrics)
+                checkpoint_s = 0.0
                 if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                     t0 = time.perf_counter()
                     save_checkpoint(tr, step)
-                    metrics["time/checkpoint"] = time.perf_counter() - t0
-                run.log_metrics(metrics)
-                reporter.update(step, metrics)
+                    checkpoint_s = time.perf_counter() - t0
             if tr.start_step < cfg.max_steps or not run.adapter.exists():
                 save_checkpoint(tr, cfg.max_steps)
                 save_final_adapter(tr.model, run.adapter)
