@@ -60,7 +60,13 @@ def dataset(client: openrft.Client, tmp_path_factory: pytest.TempPathFactory) ->
     return client.datasets.upload(path)
 
 
-def _finetune(client: openrft.Client, dataset: Any, name: str, **extra: Any) -> Job:
+def slow_reward(prompt: str, completion: str, example: dict) -> float:
+    """Makes a step last about half a second without using the CPU."""
+    time.sleep(0.06)
+    return 0.0
+
+
+def _finetune(client: openrft.Client, dataset: Any, name: str, slow: bool = False, **extra: Any) -> Job:
     config: dict[str, Any] = {
         "model": {"dtype": "float32", "threads": 1},
         "data": {"prompt_template": "Using the numbers {nums}, make {target}."},
@@ -76,7 +82,8 @@ def _finetune(client: openrft.Client, dataset: Any, name: str, **extra: Any) -> 
     return client.finetune(
         base_model="tiny-random-llama",
         dataset=dataset,
-        reward_functions={"format": format_reward, "letters": letters_reward},
+        reward_functions={"format": format_reward, "letters": letters_reward}
+        | ({"slow": slow_reward} if slow else {}),
         method="grpo",
         name=name,
         **config,
@@ -184,7 +191,7 @@ def test_pause_and_resume_continue_from_checkpoint(
 ) -> None:
     for j in two_runs:
         j.wait(timeout=300)
-    job = _finetune(client, dataset, "paused", max_steps=4)
+    job = _finetune(client, dataset, "paused", slow=True, max_steps=6)
     _wait_for(lambda: job.refresh().data["step"] >= 2, 120, "two steps")
     job.pause()
     _wait_for(lambda: job.refresh().status == "paused", 30, "paused")
@@ -196,7 +203,7 @@ def test_pause_and_resume_continue_from_checkpoint(
     assert job.data["attempts"] == 2
     assert re.search(r"resumed from .*step-\d+ \(step \d+\)", job.logs())
     steps = [m["step"] for m in job.metrics()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 # -- the dashboard in headless Chromium -------------------------------------------------------------
