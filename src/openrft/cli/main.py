@@ -111,7 +111,13 @@ def compare(
                 f"--train-sizes {train_sizes!r}: write whole numbers separated by commas, e.g. 12,100"
             ) from None
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    command = shlex.join(["openrft", "compare", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+    words = ["openrft", "compare", str(config)]
+    words += ["--train-sizes", train_sizes] if train_sizes else []
+    words += ["--methods", methods] if methods else []
+    words += ["--output", str(output)]
+    for item in overrides or []:
+        words += ["--set", item]
+    command = shlex.join(words)
     report = run_compare(
         cfg,
         output=output,
