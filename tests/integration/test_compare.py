@@ -78,7 +78,8 @@ def test_writes_report_md_json_and_plot(done: tuple[Path, Path, str]) -> None:
     assert (b["sft_steps"], b["rft_steps"], b["sft_rft_sft_steps"], b["sft_rft_rft_steps"]) == (4, 2, 2, 1)
     md = (out / "report.md").read_text()
     assert "16 training sequences" in md and "![accuracy by training size](accuracy.png)" in md
-    assert "openrft compare" in md
+    assert report["command"] == f"openrft compare {done[0]} --train-sizes 4 --output {out}"
+    assert report["command"] in md
     assert "n=4 sft: accuracy" in output
 
 
