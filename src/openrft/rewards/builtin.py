@@ -1,6 +1,8 @@
 """Built-in reward functions by name: `BUILTINS["regex"]`, `BUILTINS["countdown.format"]` ...
 
-All have the per-sample signature ``(prompt, completion, example, **kwargs) -> float``. The
+All have the per-sample signature ``(prompt, completion, example, **kwargs) -> float``, except
+``remote`` (batched: ``(prompts, completions, examples, **kwargs) -> list``). A built-in may carry
+a ``check_kwargs(kwargs)`` attribute that the trainer runs on the spec's kwargs before starting. The
 countdown rewards import `openrft.tasks.countdown` only when called, so this module (and the
 config, which validates names against `BUILTIN_NAMES`) never depends on it at import time.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from openrft.rewards import code_graders, graders
+from openrft.rewards import code_graders, graders, http_graders
 
 
 def countdown_format(prompt: str, completion: str, example: dict) -> float:
@@ -55,6 +57,8 @@ BUILTINS: dict[str, Callable[..., float]] = {
     "length_penalty": graders.length_penalty,
     "python_tests": code_graders.python_tests,
     "sql_match": code_graders.sql_match,
+    "llm_judge": http_graders.llm_judge,
+    "remote": http_graders.remote,
 }
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(BUILTINS)

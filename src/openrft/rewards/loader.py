@@ -11,7 +11,8 @@ Two halves, run in different processes:
 
   * per sample (Predibase): ``(prompt, completion, example) -> float | None``;
   * batched (TRL): ``(prompts, completions, **columns) -> list[float | None]`` — recognised by a
-    parameter named ``completions``; each dataset column arrives as a list keyword argument.
+    parameter named ``completions``; each dataset column arrives as a list keyword argument
+    (or, when the function has a parameter named ``examples``, the rows arrive as a list of dicts).
 
   Either may be ``async def``.
 """
@@ -168,6 +169,12 @@ def _check_builtin_kwargs(name: str, kwargs: dict[str, Any], label: str) -> None
         required = p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
         if required and p.name not in kwargs:
             raise RewardError(f"{label}: built-in {name!r} needs kwargs.{p.name}; add it to the spec")
+    check = getattr(BUILTINS[name], "check_kwargs", None)
+    if check is not None:
+        try:
+            check(kwargs)
+        except ValueError as e:
+            raise RewardError(f"{label}: built-in {name!r}: {e}") from None
 
 
 def check_function(
@@ -264,6 +271,7 @@ class CallStyle:
     is_async: bool
     accepts: frozenset[str] | None
     per_sample_names: tuple[str, ...] = ()  # call by these keywords; () = positionally
+    examples: bool = False  # batched and takes `examples`: gets the rows as dicts, not columns
 
 
 def _is_async(func: Any) -> bool:
@@ -284,7 +292,7 @@ def call_style(func: Callable[..., Any]) -> CallStyle:
     accepts = None if var_kw else frozenset(params)
     is_async = _is_async(func)
     if "completions" in params:
-        return CallStyle(True, is_async, accepts)
+        return CallStyle(True, is_async, accepts, examples="examples" in params)
     if "completion" in params:
         names = tuple(n for n in ("prompt", "completion", "example") if n in params)
         return CallStyle(False, is_async, accepts, names)
@@ -318,7 +326,10 @@ def call_batched(
     completions: list[Any],
     examples: list[dict],
 ) -> Any:
-    """One batched call: prompts, completions and every column as a list keyword argument."""
+    """One batched call: prompts, completions and every column as a list keyword argument; or,
+    for a function with an `examples` parameter, prompts, completions and the rows as dicts."""
+    if style.examples:
+        return func(prompts=prompts, completions=completions, examples=examples)
     columns: dict[str, list[Any]] = {}
     for key in dict.fromkeys(k for ex in examples for k in ex):
         if key not in ("prompts", "completions"):

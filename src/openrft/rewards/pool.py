@@ -56,6 +56,7 @@ class Profile:
 
     allow_network: bool = False
     memory_mb: int = 2048
+    env: tuple[str, ...] = ()  # trainer environment variables passed into these workers (by name)
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,10 @@ def namespace_prefix(allow_network: bool) -> list[str] | None:
         return found
 
 
-def worker_env(home: str) -> dict[str, str]:
-    """The whole environment of a worker: nothing from the trainer but locale and PATH."""
-    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+def worker_env(home: str, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    """The whole environment of a worker: nothing from the trainer but locale, PATH and the
+    variables its profile names (`Profile.env`, e.g. a judge's API key; missing ones are skipped)."""
+    env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
     env.update(HOME=home, TMPDIR=home, PYTHONPATH=_PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
     return env
@@ -138,7 +140,10 @@ class WorkerGone(Exception):
 class WorkerProcess:
     """A started worker: pipes, temp dir, log file."""
 
-    def __init__(self, profile: Profile, settings: PoolSettings, root: str, sys_path: list[str]) -> None:
+    def __init__(
+        self, profile: Profile, settings: PoolSettings, root: str, sys_path: list[str], generation: int = 0
+    ) -> None:
+        self.generation = generation  # the pool's generation when started (see `WorkerPool.recycle`)
         self.dir = tempfile.mkdtemp(prefix="w-", dir=root)
         self.log_path = self.dir + ".log"
         prefix = namespace_prefix(profile.allow_network) if settings.namespaces is not False else None
@@ -154,7 +159,7 @@ class WorkerProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=self.dir,
-                env=worker_env(self.dir),
+                env=worker_env(self.dir, profile.env),
                 start_new_session=True,
                 close_fds=True,
                 bufsize=0,
@@ -445,12 +450,17 @@ class _Slot(threading.Thread):
             self.worker = None
 
     def ensure(self) -> WorkerProcess:
+        if self.worker is not None and self.worker.generation < self.pool.generation:
+            self.restart(graceful=True)  # recycled: user modules may have changed on disk
         if self.worker is not None and self.worker.alive():
             return self.worker
         self.forget()
         last = ""
         for _ in range(2):
-            worker = WorkerProcess(self.pool.profile, self.pool.settings, self.pool.root, self.pool.sys_path)
+            generation = self.pool.generation
+            worker = WorkerProcess(
+                self.pool.profile, self.pool.settings, self.pool.root, self.pool.sys_path, generation
+            )
             try:
                 msg = worker.recv(time.monotonic() + self.pool.settings.start_timeout_s)
             except WorkerGone as gone:
@@ -486,6 +496,7 @@ class WorkerPool:
         self.root = tempfile.mkdtemp(prefix="openrft-rewards-")
         self.queue: queue.Queue[CallRequest | InspectRequest | None] = queue.Queue()
         self.closed = False
+        self.generation = 0
         self.slots = [_Slot(self, k) for k in range(max(1, settings.size))]
         for slot in self.slots:
             slot.start()
@@ -500,6 +511,11 @@ class WorkerPool:
         req = InspectRequest(fn)
         self.submit(req)
         return req.future.result()
+
+    def recycle(self) -> None:
+        """Replace every worker before its next request (their imported user modules are stale,
+        e.g. after a reward file changed). Running requests finish on the old workers."""
+        self.generation += 1
 
     def pids(self) -> list[int]:
         """PIDs (as the trainer sees them) of the live worker processes."""

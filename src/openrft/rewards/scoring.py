@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -87,6 +88,16 @@ class RewardScores:
             out[f"rewards/{name}/infra_errors"] = float(self.infra_errors[name])
             out[f"rewards/{name}/none"] = float(self.none[name])
         return out
+
+
+def _check_env(spec: RewardSpec) -> None:
+    """The variables a spec passes into its worker must be set here (they are read at start)."""
+    missing = [name for name in spec.required_env() if name not in os.environ]
+    if missing:
+        raise RewardError(
+            f"reward {spec.name!r}: environment variable {missing[0]} is not set; export it before "
+            "training (only the variables a spec names reach its reward worker)"
+        )
 
 
 def weighted_total(row: Sequence[float], weights: Sequence[float]) -> float:
@@ -245,6 +256,7 @@ class RewardSet:
         self.base_dir = str(Path(base_dir).resolve()) if base_dir else None
         for spec in self.specs:
             loader.check_function(spec.function, self.base_dir, spec.kwargs, spec.name)
+            _check_env(spec)
         self.max_error_rate = max_error_rate
         self.min_samples = min_samples_for_error_rate
         self.value_cap = value_cap
@@ -253,25 +265,14 @@ class RewardSet:
         self._closed = False
         settings = PoolSettings(size=pool_size or default_pool_size(), namespaces=namespaces)
         sys_path = loader.search_path(self.base_dir)
+        self._settings, self._sys_path = settings, sys_path
         self._pools: dict[Profile, WorkerPool] = {}
         self._fns: list[dict[str, Any]] = []
         self._profiles: list[Profile] = []
+        self.versions: dict[str, int] = {spec.name: 1 for spec in self.specs}
         for spec in self.specs:
-            profile = Profile(allow_network=spec.allow_network, memory_mb=spec.memory_mb)
-            if profile not in self._pools:
-                self._pools[profile] = WorkerPool(profile, settings, sys_path)
-            self._profiles.append(profile)
-            digest = hashlib.sha1(
-                json.dumps([spec.function, spec.kwargs], sort_keys=True, default=repr).encode()
-            ).hexdigest()[:10]
-            self._fns.append(
-                {
-                    "key": f"{spec.name}-{digest}",
-                    "function": spec.function,
-                    "base_dir": self.base_dir,
-                    "kwargs": spec.kwargs,
-                }
-            )
+            self._profiles.append(self._pool_for(spec))
+            self._fns.append(self._fn_entry(spec, 1))
         try:
             self._styles = self._inspect_all()
         except BaseException:
@@ -279,6 +280,24 @@ class RewardSet:
             raise
 
     # -- setup -----------------------------------------------------------------------------------
+    def _pool_for(self, spec: RewardSpec) -> Profile:
+        """The profile of a spec's workers, starting its pool if it is new."""
+        profile = Profile(allow_network=spec.allow_network, memory_mb=spec.memory_mb, env=spec.worker_env())
+        if profile not in self._pools:
+            self._pools[profile] = WorkerPool(profile, self._settings, self._sys_path)
+        return profile
+
+    def _fn_entry(self, spec: RewardSpec, version: int) -> dict[str, Any]:
+        digest = hashlib.sha1(
+            json.dumps([spec.function, spec.kwargs], sort_keys=True, default=repr).encode()
+        ).hexdigest()[:10]
+        return {
+            "key": f"{spec.name}-{digest}-v{version}",
+            "function": spec.function,
+            "base_dir": self.base_dir,
+            "kwargs": spec.kwargs,
+        }
+
     def _inspect_all(self) -> list[tuple[bool, bool]]:
         reqs = []
         for f, fn in enumerate(self._fns):
@@ -428,6 +447,54 @@ class RewardSet:
                 }
                 for spec, st in zip(self.specs, self._stats, strict=True)
             }
+
+    # -- changing a function mid-run ------------------------------------------------------------
+    def replace(self, name: str, new: RewardSpec | str, *, version: int | None = None) -> RewardSpec:
+        """Swap function `name` for a new version (a spec, or a function string that keeps the
+        old spec's other settings); returns the new spec. Call it between batches, never while a
+        batch of this set is being scored.
+
+        The workers of the function's profile are recycled (they restart before their next
+        request, so an edited file is imported afresh), the new version is loaded and its call
+        style detected before the swap; its error counts start from zero. `version` is recorded
+        in `versions` (default: the current one + 1).
+
+        Raises:
+            RewardError: unknown name, the new function does not validate or fails to load (the
+                old version then stays in place).
+        """
+        if self._closed:
+            raise RuntimeError("this RewardSet is closed")
+        if name not in self.names:
+            raise RewardError(f"no reward named {name!r} in this run; its rewards are {self.names}")
+        f = self.names.index(name)
+        if isinstance(new, str):
+            data = self.specs[f].model_dump(exclude_unset=True)
+            data["function"] = new
+            new = RewardSpec.model_validate(data)
+        if new.name != name:
+            new = new.model_copy(update={"name": name})
+        loader.check_function(new.function, self.base_dir, new.kwargs, name)
+        _check_env(new)
+        version = self.versions[name] + 1 if version is None else version
+        profile = self._pool_for(new)
+        fn = self._fn_entry(new, version)
+        pool = self._pools[profile]
+        pool.recycle()
+        msg = pool.inspect(fn)
+        if not msg.get("ok"):
+            tb = str(msg.get("tb", ""))
+            raise RewardError(
+                f"{_where(tb)}reward {name!r} ({new.function}) cannot be loaded: {msg.get('msg')}"
+            )
+        with self._lock:
+            self.specs[f] = new
+            self._fns[f] = fn
+            self._profiles[f] = profile
+            self._styles[f] = (bool(msg.get("batched")), bool(msg.get("is_async")))
+            self._stats[f] = _Stats()
+            self.versions[name] = version
+        return new
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property

@@ -17,6 +17,14 @@ Example (YAML)::
         weight: 0.5
         range: [0, 1]                  # values are clipped into this range
         timeout_s: 5
+      - name: judge                    # an LLM judge (network built-in: allow_network is implied)
+        function: llm_judge
+        kwargs: {rubric: "Is the answer polite?", url: "http://127.0.0.1:8000/v1",
+                 model: gpt-4o-mini, api_key_env: OPENAI_API_KEY, min_score: 0, max_score: 10}
+
+Secrets: reward workers start with a scrubbed environment. A variable reaches a function's
+worker only when its spec names it: in `env`, or as the `api_key_env` / `auth_env` kwarg of the
+`llm_judge` / `remote` built-ins. Functions that name no variable run in workers that never see it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from openrft.rewards.builtin import BUILTIN_NAMES
+from openrft.rewards.http_graders import network_defaults, secret_env_names
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -68,7 +77,17 @@ class RewardSpec(BaseModel):
     timeout_s: float = Field(
         10.0, gt=0, le=3600, description="Wall-clock limit per call (per sample, or per batched call)."
     )
-    allow_network: bool = Field(False, description="Let this function open network connections.")
+    allow_network: bool = Field(
+        False,
+        description="Let this function open network connections (its worker keeps the host's network "
+        "namespace, so loopback servers are reachable). Implied for the llm_judge (with a url) and "
+        "remote built-ins.",
+    )
+    env: list[str] = Field(
+        default_factory=list,
+        description="Environment variables passed from the trainer into this function's worker (e.g. "
+        "an API key); all others are scrubbed. A listed variable that is not set stops the run at start.",
+    )
     memory_mb: int = Field(2048, ge=256, description="Address-space cap of the worker process running it.")
     tests: list[GoldenCase] = Field(default_factory=list, description="Golden cases checked before training.")
 
@@ -110,8 +129,41 @@ class RewardSpec(BaseModel):
             raise ValueError(f"range {list(value)}: write [low, high] with low < high")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"env: {name!r} is not an environment variable name")
+        return value
+
     @model_validator(mode="after")
     def _check_weight(self) -> RewardSpec:
         if self.weight != self.weight or abs(self.weight) == float("inf"):
             raise ValueError(f"reward {self.name!r}: weight must be a finite number")
         return self
+
+    @model_validator(mode="after")
+    def _network_builtins(self) -> RewardSpec:
+        """Defaults of the network built-ins (llm_judge, remote): network on, a timeout that
+        covers their retries, more memory for a local judge model. Explicit values are kept."""
+        defaults = network_defaults(self.function, self.kwargs)
+        for key, value in defaults.items():
+            if key not in self.model_fields_set:
+                setattr(self, key, value)
+        if defaults.get("allow_network") and not self.allow_network:
+            raise ValueError(
+                f"reward {self.name!r}: {self.function} calls an HTTP endpoint, so it needs network; "
+                "remove `allow_network: false`"
+            )
+        return self
+
+    def required_env(self) -> tuple[str, ...]:
+        """Variables this function's worker must receive (`env` plus the built-ins' key names)."""
+        return tuple(dict.fromkeys([*self.env, *secret_env_names(self.function, self.kwargs)]))
+
+    def worker_env(self) -> tuple[str, ...]:
+        """All variables passed into this function's worker (sorted): the required ones, plus
+        the model cache variables a `local_model` judge needs when they are set."""
+        extra = ("OPENRFT_HOME", "HF_HOME", "HF_HUB_OFFLINE") if self.kwargs.get("local_model") else ()
+        return tuple(sorted({*self.required_env(), *extra}))
