@@ -89,14 +89,18 @@ def run_steps(
 
     reporter.start(cfg.max_steps, start, label)
     try:
+        checkpoint_s = 0.0
         for step in range(start + 1, cfg.max_steps + 1):
             metrics = step_fn(step)
+            metrics["time/checkpoint"] = checkpoint_s  # the previous step's checkpoint, if any
+            # metrics first, then the checkpoint: a crash in between redoes this step on resume
+            run.log_metrics(metrics)
+            reporter.update(step, metrics)
+            checkpoint_s = 0.0
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 t0 = time.perf_counter()
                 save(step)
-                metrics["time/checkpoint"] = time.perf_counter() - t0
-            run.log_metrics(metrics)
-            reporter.update(step, metrics)
+                checkpoint_s = time.perf_counter() - t0
         if start < cfg.max_steps or not final.exists():
             save(cfg.max_steps)
             save_final(final)
