@@ -258,10 +258,14 @@ def test_dashboard_shows_curves_completions_and_comparison(
             )
 
             # one run: total reward with std band, each reward function, KL/length/loss, completions
-            page.goto(f"{server}/#/run/{first.id}")
+            for _ in range(3):  # quick navigation: a render for the page just left must not win
+                page.goto(f"{server}/#/")
+                page.goto(f"{server}/#/run/{first.id}")
             page.wait_for_function(
                 "() => (document.querySelector('h1') || {}).textContent?.startsWith('first')"
             )
+            page.wait_for_timeout(3500)  # longer than the runs list's refresh period
+            assert page.inner_text("h1").startswith("first")
             page.wait_for_function(
                 "() => { const d = document.getElementById('chart-reward');"
                 " return d && d.data && d.data.some(t => t.name === 'reward' && t.x.length === 2); }",

@@ -9,6 +9,7 @@ const KEY_STORE = "openrft.apiKey";
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const COLORS = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#f08c00", "#c92a2a", "#5c940d"];
 let pollTimer = null;
+let nav = 0;  // bumped by every navigation: a render started for an older page must not touch the DOM
 
 // ---------------------------------------------------------------------------- helpers
 
@@ -121,9 +122,10 @@ function draw(id, title, traces, yTitle) {
 
 // ---------------------------------------------------------------------------- runs list
 
-async function showRuns() {
+async function showRuns(token) {
   const main = document.getElementById("main");
   const { data } = await api("/v1/runs");
+  if (token !== nav) return;
   const selected = new Set();
   const compareBtn = el("button", {
     class: "primary", id: "compare-button", disabled: "disabled",
@@ -156,14 +158,15 @@ async function showRuns() {
       el("tbody", {}, rows)),
     data.length ? null : el("p", { class: "muted" }, "No runs yet: create a job with the SDK (client.finetune) or POST /v1/jobs."),
   );
-  poll(() => (location.hash === "" || location.hash === "#/") && showRuns(), 3000);
+  poll(() => token === nav && showRuns(token), 3000);
 }
 
 // ---------------------------------------------------------------------------- one run
 
-async function showRun(id) {
+async function showRun(id, token) {
   const main = document.getElementById("main");
   const job = await api(`/v1/jobs/${id}`);
+  if (token !== nav) return;
   const actions = el("span", { class: "row" },
     ({ queued: ["pause", "cancel"], running: ["pause", "cancel"], paused: ["resume", "cancel"] }[job.status] || []).map((a) => el("button", {
       id: `action-${a}`,
@@ -192,17 +195,20 @@ async function showRun(id) {
     el("h2", {}, "Log"),
     el("pre", { class: "log", id: "log" }),
   );
-  const state = { id, stepsSeen: -1, logOffset: 0 };
+  const state = { id, token, stepsSeen: -1, logOffset: 0 };
   document.getElementById("step-select").addEventListener("change", () => loadSamples(state, false));
   document.getElementById("group-select").addEventListener("change", () => renderGroup(state));
   await refreshRun(state, job.status);
 }
 
 async function refreshRun(state, status) {
-  if (!location.hash.startsWith(`#/run/${state.id}`)) return;
+  const stale = () => state.token !== nav;
+  if (stale()) return;
   const curves = await api(`/v1/runs/${state.id}/curves`);
+  if (stale()) return;
   drawRunCharts(curves);
   const { data: steps } = await api(`/v1/runs/${state.id}/steps`);
+  if (stale()) return;
   if (steps.length !== state.stepsSeen) {
     const select = document.getElementById("step-select");
     const follow = select.value === "" || Number(select.value) === (state.lastStep ?? -1);
@@ -213,6 +219,7 @@ async function refreshRun(state, status) {
     if (steps.length) await loadSamples(state, true);
   }
   const log = await api(`/v1/jobs/${state.id}/logs?offset=${state.logOffset}`);
+  if (stale()) return;
   if (log.text) {
     const pre = document.getElementById("log");
     pre.textContent += log.text;
@@ -220,6 +227,7 @@ async function refreshRun(state, status) {
     state.logOffset = log.next_offset;
   }
   const job = await api(`/v1/jobs/${state.id}`);
+  if (stale()) return;
   document.getElementById("run-status").textContent = job.status;
   document.getElementById("run-status").className = `badge ${job.status}`;
   document.getElementById("run-step").textContent = `step ${job.step} / ${job.max_steps}`;
@@ -243,6 +251,7 @@ async function loadSamples(state, keepGroup) {
   if (step === "") return;
   state.current = Number(step);
   const data = await api(`/v1/runs/${state.id}/samples?step=${step}`);
+  if (state.token !== nav) return;
   state.groups = data.groups;
   const gsel = document.getElementById("group-select");
   const previous = gsel.value;
@@ -268,9 +277,10 @@ function renderGroup(state) {
 
 // ---------------------------------------------------------------------------- compare
 
-async function showCompare(a, b) {
+async function showCompare(a, b, token) {
   const main = document.getElementById("main");
   const [ca, cb] = await Promise.all([api(`/v1/runs/${a}/curves`), api(`/v1/runs/${b}/curves`)]);
+  if (token !== nav) return;
   const options = [["reward", "total reward"], ...Object.keys({ ...ca.rewards, ...cb.rewards }).map((n) => [`rewards/${n}`, `reward: ${n}`]),
     ["kl", "KL"], ["length", "completion length"], ["loss", "loss"]];
   const select = el("select", { id: "compare-metric" }, options.map(([v, t]) => el("option", { value: v }, t)));
@@ -294,19 +304,20 @@ async function showCompare(a, b) {
   };
   select.addEventListener("change", render);
   render();
-  poll(() => location.hash.startsWith("#/compare/") && showCompare(a, b), 5000);
+  poll(() => token === nav && showCompare(a, b, token), 5000);
 }
 
 // ---------------------------------------------------------------------------- router
 
 async function route() {
   stopPolling();
+  const token = ++nav;
   if (!localStorage.getItem(KEY_STORE)) { askKey(""); return; }
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   try {
-    if (parts[0] === "run" && parts[1]) await showRun(parts[1]);
-    else if (parts[0] === "compare" && parts[2]) await showCompare(parts[1], parts[2]);
-    else await showRuns();
+    if (parts[0] === "run" && parts[1]) await showRun(parts[1], token);
+    else if (parts[0] === "compare" && parts[2]) await showCompare(parts[1], parts[2], token);
+    else await showRuns(token);
   } catch (e) {
     handleError(e);
   }
