@@ -5,7 +5,9 @@ Public API (imported lazily, so ``import openrft.rewards.worker`` stays light in
 - `RewardSpec`, `GoldenCase` (spec): how a config names and bounds a function.
 - `RewardSet`, `RewardScores` (scoring): score batches in warm isolated worker processes.
 - `BUILTINS`, `BUILTIN_NAMES` (builtin): the built-in graders by name.
-- `run_golden_tests`, `GoldenFailure` (golden): check specs against hand-written cases.
+- `run_golden_tests`, `GoldenFailure`, `golden_results`, `check_golden_or_raise` (golden): check
+  specs against hand-written cases; refuse to train when one fails.
+- `apply_pending_updates` (live): swap reward functions of a running job between steps.
 - `check_function` (loader): validate a function string without running user code.
 """
 
@@ -24,7 +26,11 @@ _EXPORTS = {
     "BUILTIN_NAMES": "builtin",
     "run_golden_tests": "golden",
     "GoldenFailure": "golden",
+    "GoldenResult": "golden",
+    "golden_results": "golden",
+    "check_golden_or_raise": "golden",
     "check_function": "loader",
+    "apply_pending_updates": "live",
     "Outcome": "outcomes",
     "VALUE_CAP": "outcomes",
 }
