@@ -610,10 +610,12 @@ def partial_equation_reward(prompt: str, completion: str, example: dict) -> floa
     - +0.2: it uses only given numbers, each at most as often as given;
     - +0.2: it uses every given number exactly once;
     - +0.4 * closeness, where closeness = max(0, 1 - |value - target| / max(|target|, 1)),
-      counted only when the answer uses only given numbers (so writing the target itself,
-      "88", earns 0.1 and no closeness).
+      counted only when the answer uses every given number exactly once. (Counting it for any
+      subset let a 135M model collapse onto answering with the single given number nearest the
+      target, e.g. "<answer>16</answer>" for target 14, which earned 0.6: measured in the demo.)
 
-    A wrong answer therefore scores at most 0.9 and a correct one 1.0.
+    A wrong answer therefore scores at most 0.9, a correct one 1.0, and an answer that does not
+    use all the numbers at most 0.3.
     """
     graded = _grade(completion, example)
     if graded is None or not graded.parsed:
@@ -622,7 +624,9 @@ def partial_equation_reward(prompt: str, completion: str, example: dict) -> floa
         return 1.0
     score = 0.1
     if graded.only_given:
-        score += 0.2 + 0.2 * graded.all_once + 0.4 * graded.closeness
+        score += 0.2
+        if graded.all_once:
+            score += 0.2 + 0.4 * graded.closeness
     return min(score, 0.9)
 
 
