@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -96,19 +97,8 @@ def render_preflight(report: dict[str, Any], out: Console) -> None:
         f"max_new_tokens {report['sampling']['max_new_tokens']}), {report['time_s'].get('total', 0):.0f}s"
     )
     table = Table(title="reward functions")
-    for col in (
-        "function",
-        "weight",
-        "mean",
-        "std",
-        "min",
-        "max",
-        "errors",
-        "none",
-        "no-variance groups",
-        "share",
-    ):
-        table.add_column(col, justify="left" if col == "function" else "right")
+    for col in ("reward", "weight", "mean", "std", "min", "max", "errors", "none", "flat", "share"):
+        table.add_column(col, justify="left" if col == "reward" else "right", no_wrap=True)
     for name, st in report["functions"].items():
         table.add_row(
             name,
@@ -137,8 +127,8 @@ def render_preflight(report: dict[str, Any], out: Console) -> None:
     )
     out.print(table)
     out.print(
-        "  [dim]no-variance groups: groups of K samples whose values are all equal (no gradient); "
-        "share: part of the within-group differences of the total reward that the function drives[/]"
+        "  [dim]flat: groups of K samples whose values are all equal (no gradient); share: part of the "
+        "within-group differences of the total reward that the function drives[/]"
     )
     s = report.get("success")
     if s:
@@ -166,7 +156,7 @@ def render_preflight(report: dict[str, Any], out: Console) -> None:
     )
     out.print("[bold]advice[/]:")
     for a in report["advice"]:
-        out.print(f"  [{_LEVEL[a['level']]}]{a['level']:>5}[/] {a['message']}", highlight=False)
+        out.print(f"  [{_LEVEL[a['level']]}]{a['level']:>5}[/] {escape(a['message'])}", highlight=False)
 
 
 @app.command()
@@ -208,7 +198,7 @@ def preflight(
 def render_update(record: dict[str, Any], out: Console) -> None:
     name, status = record.get("name"), record.get("status")
     if status == "rejected":
-        out.print(f"[bold red]rejected[/] {name}: {record.get('error')}", highlight=False)
+        out.print(f"[bold red]rejected[/] {name}: {escape(str(record.get('error')))}", highlight=False)
         return
     version, step, function = record.get("version"), record.get("step"), record.get("function")
     out.print(f"[green]applied[/] {name} v{version} at step {step}: {function}")

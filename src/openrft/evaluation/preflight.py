@@ -339,6 +339,20 @@ def success_stats(data: Scored, reward: str, threshold: float, group_size: int) 
     }
 
 
+def first_binary(data: Scored) -> str | None:
+    """The first function whose values are all 0 or 1 (the success reward when the config names
+    none); None if no function is binary.
+
+    >>> first_binary(Scored(["d", "b"], [1, 1], 2, [[0.5, 1.0], [0.2, 0.0]], {}, {}, [1, 1], [False] * 2))
+    'b'
+    """
+    for f, name in enumerate(data.names):
+        vals = finite(data.column(f))
+        if vals and all(v in (0.0, 1.0) for v in vals):
+            return name
+    return None
+
+
 def build_report(
     data: Scored,
     *,
@@ -552,6 +566,15 @@ def advise(report: dict[str, Any], *, max_error_rate: float, max_new_tokens: int
                 "raise it, ask for shorter answers in the prompt, or add a length_penalty reward.",
             )
         )
+    if not report.get("success"):
+        out.append(
+            _advice(
+                "info",
+                "no_success_reward",
+                "no 0/1 reward to judge the group size by: set success_reward in the config (and "
+                "eval.success_threshold) to get group-size and difficulty advice.",
+            )
+        )
     if not any(a["level"] in ("error", "warn") for a in out):
         out.append(_advice("ok", "ready", "no problems found: the rewards give GRPO a learning signal."))
     order = {"error": 0, "warn": 1, "info": 2, "ok": 3}
@@ -680,7 +703,7 @@ def preflight(
     if prompts < 1:
         raise ConfigError(f"--prompts {prompts}: give at least 1 prompt")
     data, times = sample_and_score(cfg, samples=k, prompts=prompts, adapter=adapter, reporter=reporter)
-    success = cfg.success_reward or (data.names[0] if data.names else None)
+    success = cfg.success_reward or first_binary(data)
     report = build_report(
         data,
         success_reward=success,
@@ -691,6 +714,8 @@ def preflight(
     report["advice"] = advise(
         report, max_error_rate=cfg.max_reward_error_rate, max_new_tokens=cfg.grpo.max_new_tokens
     )
+    if report["success"] is not None:
+        report["success"]["from_config"] = cfg.success_reward is not None
     report["model"] = cfg.model.name
     report["adapter"] = str(adapter) if adapter else None
     report["sampling"] = {
