@@ -421,8 +421,9 @@ def test_rewards_raise_data_error_on_bad_columns(example: dict, match: str) -> N
         (wrap("two times three"), 0.0),  # not an expression
         (wrap("10"), 0.1),  # parses; 10 is not a given number, so no closeness credit
         (wrap("3 + 3 + 4"), 0.1),  # reuses 3
-        (wrap("3 + 4"), 0.1 + 0.2),  # only given numbers but not all: no closeness credit
-        (wrap("2 + 3 + 4"), 0.1 + 0.2 + 0.2 + 0.4 * (1 - 1 / 10)),  # all numbers, value 9
+        (wrap("4"), 0.1 + 0.4 / 3),  # one of three given numbers: no closeness credit
+        (wrap("3 + 4"), 0.1 + 0.4 * 2 / 3),  # two of three: more, still no closeness credit
+        (wrap("2 + 3 + 4"), 0.1 + 0.4 + 0.4 * (1 - 1 / 10)),  # all numbers, value 9
         (wrap("2 * 3 * 4"), 0.5),  # all numbers, value 24: too far for closeness credit
         (wrap("2 * 3 + 4"), 1.0),
     ],

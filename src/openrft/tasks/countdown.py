@@ -549,6 +549,7 @@ class _Graded(NamedTuple):
     parsed: bool  # the answer is a valid arithmetic expression
     only_given: bool  # every literal is one of nums, each used at most as often as given
     all_once: bool  # the literals are exactly nums (multiset equality)
+    used_fraction: float  # share of the given numbers the answer uses (when only_given)
     closeness: float  # 1 - |value - target| / max(|target|, 1), clipped to [0, 1]
     correct: bool
 
@@ -563,14 +564,15 @@ def _grade(completion: str, example: dict) -> _Graded | None:
         value = evaluate_expression(answer)
         literals = _literals(answer)
     except ValueError:
-        return _Graded(False, False, False, 0.0, False)
+        return _Graded(False, False, False, 0.0, 0.0, False)
     used = Counter(int(t) for t in literals if "." not in t)
     given = Counter(nums)
     only_given = all("." not in t for t in literals) and not (used - given)
     all_once = only_given and used == given
     error = abs(value - target)  # exact: a 200-character expression can exceed float range
     closeness = float(max(Fraction(0), 1 - error / max(abs(target), Fraction(1))))
-    return _Graded(True, only_given, all_once, closeness, all_once and error <= _TOLERANCE)
+    used_fraction = sum(used.values()) / max(1, sum(given.values())) if only_given else 0.0
+    return _Graded(True, only_given, all_once, used_fraction, closeness, all_once and error <= _TOLERANCE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,26 +609,27 @@ def partial_equation_reward(prompt: str, completion: str, example: dict) -> floa
 
     - 0.0: no ``<answer>`` or an answer that is not an arithmetic expression;
     - +0.1: the answer parses;
-    - +0.2: it uses only given numbers, each at most as often as given;
-    - +0.2: it uses every given number exactly once;
+    - +0.4 * (share of the given numbers used), when it uses only given numbers, each at most
+      as often as given: every extra number earns more, so there is a gradient from one
+      number to all of them;
     - +0.4 * closeness, where closeness = max(0, 1 - |value - target| / max(|target|, 1)),
-      counted only when the answer uses every given number exactly once. (Counting it for any
-      subset let a 135M model collapse onto answering with the single given number nearest the
-      target, e.g. "<answer>16</answer>" for target 14, which earned 0.6: measured in the demo.)
+      counted only when the answer uses every given number exactly once.
 
-    A wrong answer therefore scores at most 0.9, a correct one 1.0, and an answer that does not
-    use all the numbers at most 0.3.
+    Measured in the demo: when closeness counted for any subset, SmolLM2-135M collapsed onto
+    answering with the single given number nearest the target ("<answer>16</answer>" for 14
+    earned 0.6); with a flat bonus for "all numbers" it had no signal to add a second number.
+
+    A wrong answer scores at most 0.9, a correct one 1.0; for 3 numbers, one number used
+    scores 0.23, two 0.37, all three 0.5 plus closeness.
     """
     graded = _grade(completion, example)
     if graded is None or not graded.parsed:
         return 0.0
     if graded.correct:
         return 1.0
-    score = 0.1
-    if graded.only_given:
-        score += 0.2
-        if graded.all_once:
-            score += 0.2 + 0.4 * graded.closeness
+    score = 0.1 + 0.4 * graded.used_fraction
+    if graded.all_once:
+        score += 0.4 * graded.closeness
     return min(score, 0.9)
 
 
