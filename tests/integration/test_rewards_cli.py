@@ -155,3 +155,18 @@ def test_update_writes_a_request(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "not applied within 0.2s" in result.output
     result = runner.invoke(app, ["update", str(run), "zz=v2.py:g"])
     assert isinstance(result.exception, ConfigError)
+
+
+def test_preflight_of_a_trained_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from openrft.engine.grpo import train_grpo
+
+    cfg = write_config(tmp_path, "  - {name: has_a, function: rw.py:has_a}\n")
+    run = train_grpo(load_config(cfg, ["save_every=0"]), output_dir=tmp_path / "run")
+    out = tmp_path / "report.json"
+    args = ["preflight", str(cfg), "-k", "2", "-n", "2", "--adapter", str(run / "adapter"), "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["adapter"] == str(run / "adapter") and report["success"]["samples"] == 4
+    result = runner.invoke(app, ["preflight", str(cfg), "--adapter", str(tmp_path)])
+    assert isinstance(result.exception, ConfigError) and "not an adapter directory" in str(result.exception)

@@ -524,14 +524,15 @@ def advise(report: dict[str, Any], *, max_error_rate: float, max_new_tokens: int
         share = funcs[top]["variance_share"]
         if share is not None and share > DOMINANT_SHARE:
             bw = funcs[top]["balancing_weight"]
-            hint = f" (weight ≈ {bw:.2g} would balance it with the others)" if bw else ""
+            others = ", ".join(f"'{n}'" for n in varying if n != top)
+            hint = f"; equal influence would need weight ≈ {bw:.2g}" if bw else ""
             out.append(
                 _advice(
                     "warn",
                     "dominated",
                     f"{share:.0%} of the within-group reward differences come from '{top}' (weight "
-                    f"{funcs[top]['weight']:g}): the advantage mostly teaches '{top}'. Lower its "
-                    f"weight{hint} or raise the others'.",
+                    f"{funcs[top]['weight']:g}): the advantage mostly teaches '{top}', and {others} "
+                    f"barely move it. If they should count, lower '{top}''s weight or raise theirs{hint}.",
                 )
             )
     for pair, r in report["correlations"].items():
