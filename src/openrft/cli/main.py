@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from openrft.cli.models import app as models_app
+from openrft.cli.rewards import app as rewards_app
 from openrft.cli.server import serve as server_command
 from openrft.errors import UserError
 
@@ -179,6 +180,7 @@ def data_countdown(
 
 
 app.add_typer(models_app, name="models")
+app.add_typer(rewards_app, name="rewards")
 app.command("server")(server_command)
 
 

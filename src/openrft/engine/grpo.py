@@ -49,6 +49,8 @@ from openrft.engine.rollout import sample_groups
 from openrft.engine.rollout_model import RolloutModel
 from openrft.errors import ConfigError
 from openrft.rewards import RewardSet
+from openrft.rewards.golden import check_golden_or_raise
+from openrft.rewards.live import apply_pending_updates, describe_event, version_metrics
 from openrft.tracking.progress import NullReporter, Reporter
 from openrft.tracking.run_dir import RunDir
 from openrft.types import PromptItem, RolloutBatch
@@ -222,6 +224,7 @@ def sample_rows(
                 "prompt_index": p.index,
                 "group": i // g,
                 "prompt": p.text,
+                "example": p.row,
                 "completion": text,
                 "rewards": {n: _num(values[i, j]) for j, n in enumerate(names)},
                 "reward": _num(totals[i]),
@@ -268,6 +271,7 @@ def setup_grpo(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter)
     splits = load_splits(cfg)
     rewards = RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=cfg.max_reward_error_rate)
     try:
+        check_golden_or_raise(cfg, reward_set=rewards)  # reward unit tests must pass before launch
         set_threads(cfg.model.threads)
         seed_everything(cfg.seed)
         device = pick_device(cfg.model.device)
@@ -327,7 +331,10 @@ def train_grpo(
         with tr.rewards:
             checkpoint_s = 0.0
             for step in range(tr.start_step + 1, cfg.max_steps + 1):
+                for event in apply_pending_updates(tr.rewards, run.path, step):  # `openrft rewards update`
+                    reporter.message(describe_event(event))
                 metrics = train_step(tr, step)
+                metrics.update(version_metrics(tr.rewards))
                 metrics["time/checkpoint"] = checkpoint_s  # the previous step's checkpoint, if any
                 # metrics first, then the checkpoint: a crash in between redoes this step on resume
                 run.log_metrics(metrics)

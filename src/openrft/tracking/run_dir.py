@@ -42,7 +42,7 @@ class RunDir:
     def _append(self, file: Path, rows: list[dict[str, Any]]) -> None:
         with file.open("a", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(_clean(row), ensure_ascii=False) + "\n")
+                f.write(json.dumps(_clean(row), ensure_ascii=False, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
