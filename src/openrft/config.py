@@ -74,7 +74,9 @@ class DataSection(_Section):
     )
     system_prompt: str | None = Field(None, description="Optional system message.")
     assistant_prefix: str = Field(
-        "", description="Text prefilled at the start of the answer (e.g. '<think>'); rewards see it too."
+        "",
+        description="Text prefilled at the start of the answer (e.g. '<think>'); rewards see it too. "
+        "May use the row's columns like the template: '<think>We need {target} from {nums}.'",
     )
     max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this are refused.")
     shuffle: bool = Field(True, description="Shuffle training rows each epoch (seeded).")

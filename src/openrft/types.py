@@ -17,6 +17,7 @@ class PromptItem:
     row: dict[str, Any]  # every column; reaches the reward functions
     text: str  # the prompt as plain text (what reward functions see as `prompt`)
     ids: list[int]  # token ids after the chat template and the assistant prefix
+    prefix: str = ""  # the assistant prefix rendered for this row; completions start with it
 
 
 @dataclass

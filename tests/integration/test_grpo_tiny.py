@@ -243,3 +243,24 @@ def test_several_iterations_reuse_rollout_logprobs(setup: Path, tmp_path: Path) 
     m = read_jsonl(run / "metrics.jsonl")
     assert torch.isfinite(torch.tensor([x["loss"] for x in m])).all()
     assert max(x["clip_ratio"] for x in m) > 0  # later iterations move past the tight clip range
+
+
+def test_assistant_prefix_template_is_rendered_per_row(tmp_path: Path, tiny_model_dir: Path) -> None:
+    setup = write_setup(tmp_path)
+    setup.write_text(
+        setup.read_text().replace("eval_fraction: 0.34}", "eval_fraction: 0.34, assistant_prefix: '#{id}:'}")
+    )
+    run = train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
+    for s in read_jsonl(run / "samples.jsonl"):
+        assert s["completion"].startswith(f"#{s['example']['id']}:")  # rewards see the rendered prefix
+
+
+def test_assistant_prefix_missing_column_fails_before_loading(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from openrft.errors import DataError
+
+    setup = write_setup(tmp_path)
+    setup.write_text(
+        setup.read_text().replace("eval_fraction: 0.34}", "eval_fraction: 0.34, assistant_prefix: '{nope}'}")
+    )
+    with pytest.raises(DataError, match="nope"):
+        train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")

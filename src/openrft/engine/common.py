@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from openrft.config import RunConfig
-from openrft.data import read_rows, render_messages, render_prompt_text, split_rows, validate_rows
+from openrft.data import (
+    read_rows,
+    render_messages,
+    render_prompt_text,
+    required_columns,
+    split_rows,
+    validate_rows,
+)
 from openrft.errors import DataError
 from openrft.types import PromptItem
 
@@ -75,7 +82,28 @@ def load_validated(cfg: RunConfig, path: str) -> list[dict[str, Any]]:
         source=loaded.source,
         lines=loaded.lines,
     )
+    for i, row in enumerate(loaded.rows):
+        render_prefix(cfg.data.assistant_prefix, row, source=loaded.source, line=loaded.line_of(i))
     return loaded.rows
+
+
+def render_prefix(
+    prefix: str, row: dict[str, Any], *, source: str = "<data>", line: int | None = None
+) -> str:
+    """The assistant prefix for a row: a plain string, or a format template over the columns
+    (e.g. "<think>We need {target} from {nums}."), so the answer starts with the facts in view."""
+    if "{" not in prefix:
+        return prefix
+    missing = [c for c in required_columns(prefix) if c not in row]
+    if missing:
+        raise DataError(
+            f"data.assistant_prefix needs column {missing[0]!r}, which this row lacks",
+            file=source,
+            line=line,
+            column=missing[0],
+            hint=f"add the column or change the prefix; columns here: {', '.join(sorted(row))}",
+        )
+    return prefix.format_map(row)
 
 
 def build_prompts(
@@ -87,7 +115,8 @@ def build_prompts(
         messages = render_messages(
             row, template=d.prompt_template, system_prompt=d.system_prompt, source=source
         )
-        text = render_prompt_text(tokenizer, messages, assistant_prefix=d.assistant_prefix)
+        prefix = render_prefix(d.assistant_prefix, row, source=source)
+        text = render_prompt_text(tokenizer, messages, assistant_prefix=prefix)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > d.max_prompt_tokens:
             raise DataError(
@@ -97,7 +126,7 @@ def build_prompts(
                 hint="shorten the prompt or raise data.max_prompt_tokens",
             )
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), text)
-        items.append(PromptItem(index=i, row=row, text=user, ids=ids))
+        items.append(PromptItem(index=i, row=row, text=user, ids=ids, prefix=prefix))
     return items
 
 

@@ -123,14 +123,14 @@ def tokenize_pairs(
     cfg: RunConfig, tok: Any, rows: list[dict[str, Any]], pairs: list[tuple[str, str]], source: str, eos: int
 ) -> list[PreferenceExample]:
     prompts = build_prompts(cfg, tok, rows, source)
-    prefix, limit = cfg.data.assistant_prefix, cfg.dpo.max_seq_len
+    limit = cfg.dpo.max_seq_len
     out = []
     for p, (chosen, rejected) in zip(prompts, pairs, strict=True):
         ex = PreferenceExample(
             p.index,
             p.ids,
-            tokenize_completion(tok, chosen, prefix, eos),
-            tokenize_completion(tok, rejected, prefix, eos),
+            tokenize_completion(tok, chosen, p.prefix, eos),
+            tokenize_completion(tok, rejected, p.prefix, eos),
         )
         longest = len(p.ids) + max(len(ex.chosen_ids), len(ex.rejected_ids))
         if longest > limit:

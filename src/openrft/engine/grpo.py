@@ -394,7 +394,7 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
             top_k=g.top_k,
             generator=torch.Generator().manual_seed(step_seed(cfg.seed, step)) if on_cpu else None,
         )
-        completions = decode_completions(tr.tokenizer, batch, cfg.data.assistant_prefix)
+        completions = decode_completions(tr.tokenizer, batch, [p.prefix for p in batch_prompts])
 
     with timer("reward"):
         expanded = [batch_prompts[i // g.num_generations] for i in range(batch.num_sequences)]
@@ -442,9 +442,13 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
     return metrics
 
 
-def decode_completions(tok: Any, batch: RolloutBatch, prefix: str) -> list[str]:
-    """Completion texts as reward functions see them: the assistant prefix + generated text."""
+def decode_completions(tok: Any, batch: RolloutBatch, prefixes: list[str]) -> list[str]:
+    """Completion texts as reward functions see them: each row's assistant prefix + generated text.
+
+    `prefixes` holds one prefix per prompt (rows [g*G, (g+1)*G) share prompt g's)."""
     out = []
-    for ids, m in zip(batch.completion_ids, batch.completion_mask, strict=True):
-        out.append(prefix + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
+    for i, (ids, m) in enumerate(zip(batch.completion_ids, batch.completion_mask, strict=True)):
+        out.append(
+            prefixes[i // batch.group_size] + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+        )
     return out

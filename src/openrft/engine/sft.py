@@ -97,9 +97,7 @@ def tokenize_examples(
     prompts = build_prompts(cfg, tok, [r.row for r in rows], source)
     out = []
     for p, r in zip(prompts, rows, strict=True):
-        ex = SFTExample(
-            p.index, p.ids, tokenize_completion(tok, r.completion, cfg.data.assistant_prefix, eos)
-        )
+        ex = SFTExample(p.index, p.ids, tokenize_completion(tok, r.completion, p.prefix, eos))
         if ex.length > max_len:
             raise DataError(
                 f"{'' if r.line else f'row {p.index + 1}: '}prompt + completion are {ex.length} tokens, "

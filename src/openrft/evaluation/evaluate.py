@@ -107,7 +107,7 @@ def evaluate(
                     top_p=cfg.grpo.top_p if temperature > 0 else 1.0,
                     generator=gen if next(model.parameters()).device.type == "cpu" else None,
                 )
-                texts = decode_completions(tokenizer, batch, cfg.data.assistant_prefix)
+                texts = decode_completions(tokenizer, batch, [p.prefix for p in chunk])
                 expanded = [chunk[i // k] for i in range(len(texts))]
                 scores = rewards.score([p.text for p in expanded], texts, [p.row for p in expanded])
                 values.extend(scores.values)

@@ -652,7 +652,7 @@ def sample_and_score(
                     top_k=g.top_k,
                     generator=gen if on_cpu else None,
                 )
-                texts = decode_completions(tok, batch, cfg.data.assistant_prefix)
+                texts = decode_completions(tok, batch, [p.prefix for p in chunk])
                 times["sample"] += time.perf_counter() - t1
                 expanded = [chunk[i // samples] for i in range(len(texts))]
                 futures.append(rs.submit([p.text for p in expanded], texts, [p.row for p in expanded]))
