@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,24 @@ def eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
 
 def resolve_output_dir(cfg: RunConfig, output_dir: str | Path | None) -> Path:
     return Path(output_dir or cfg.output_dir)
+
+
+class PhaseTimer:
+    """Times named phases of a step: `with timer("rollout"): ...` -> {"time/rollout": s}."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+def save_final_adapter(model: Any, target: Path) -> None:
+    from openrft.models import save_adapter
+
+    save_adapter(model, target)

@@ -32,17 +32,18 @@ import torch.nn.functional as F
 from openrft.config import RunConfig
 from openrft.data import read_rows, split_rows, validate_rows
 from openrft.engine.common import (
+    PhaseTimer,
     batch_indices,
     build_prompts,
     eos_ids,
     load_policy,
     make_optimizer,
     pick_device,
+    save_final_adapter,
     seed_everything,
     set_threads,
     step_seed,
 )
-from openrft.engine.grpo import PhaseTimer, save_final_adapter
 from openrft.engine.logprobs import completion_logps
 from openrft.engine.loop import open_run, restore, run_steps
 from openrft.engine.sft import SFTExample, collate_padded, tokenize_completion

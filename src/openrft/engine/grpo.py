@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from openrft.config import RunConfig
 from openrft.engine import checkpoint as ckpt
 from openrft.engine.advantages import group_advantages, weighted_total
 from openrft.engine.common import (
+    PhaseTimer,
     batch_indices,
     build_prompts,
     eos_ids,
@@ -38,6 +38,7 @@ from openrft.engine.common import (
     load_splits,
     make_optimizer,
     pick_device,
+    save_final_adapter,
     seed_everything,
     set_threads,
     step_seed,
@@ -54,21 +55,6 @@ from openrft.rewards.live import apply_pending_updates, describe_event, version_
 from openrft.tracking.progress import NullReporter, Reporter
 from openrft.tracking.run_dir import RunDir
 from openrft.types import PromptItem, RolloutBatch
-
-
-class PhaseTimer:
-    """Times named phases of a step: `with timer("rollout"): ...` -> {"time/rollout": s}."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
 @dataclass
@@ -362,12 +348,6 @@ def save_checkpoint(tr: Trainer, step: int) -> None:
         state={"data_position": step * tr.cfg.grpo.prompts_per_step, "seed": tr.cfg.seed},
         keep=tr.cfg.keep_checkpoints,
     )
-
-
-def save_final_adapter(model: Any, target: Path) -> None:
-    from openrft.models import save_adapter
-
-    save_adapter(model, target)
 
 
 def train_step(tr: Trainer, step: int) -> dict[str, Any]:

@@ -31,17 +31,18 @@ import torch
 from openrft.config import RunConfig
 from openrft.data import read_rows, split_rows, validate_rows
 from openrft.engine.common import (
+    PhaseTimer,
     batch_indices,
     build_prompts,
     eos_ids,
     load_policy,
     make_optimizer,
     pick_device,
+    save_final_adapter,
     seed_everything,
     set_threads,
     step_seed,
 )
-from openrft.engine.grpo import PhaseTimer, save_final_adapter
 from openrft.engine.logprobs import causal_lm, completion_logps, selective_log_softmax
 from openrft.engine.loop import open_run, restore, run_steps, save_full_model
 from openrft.engine.rollout import left_pad
