@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/openrft models pull
 	$(BIN)/openrft eval examples/countdown.yaml --output $(RUN)-base-eval.json
-	$(BIN)/openrft train examples/countdown.yaml --output-dir $(RUN) $(if $(wildcard $(RUN)/checkpoints),--resume,)
+	$(BIN)/openrft train examples/countdown.yaml --output-dir $(RUN) $(if $(wildcard $(RUN)/metrics.jsonl),--resume,)
 	$(BIN)/openrft eval examples/countdown.yaml --adapter $(RUN)/adapter --output $(RUN)/eval.json
 
 test: setup lint
