@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from openrft.config import RunConfig
-from openrft.engine import checkpoint as ckpt
 from openrft.engine.advantages import group_advantages, weighted_total
 from openrft.engine.common import (
     PhaseTimer,
@@ -44,11 +43,11 @@ from openrft.engine.common import (
     step_seed,
 )
 from openrft.engine.logprobs import grouped_completion_logps
+from openrft.engine.loop import open_run, restore, run_steps
 from openrft.engine.losses import grpo_loss, normaliser
 from openrft.engine.precision import train_autocast
 from openrft.engine.rollout import sample_groups
 from openrft.engine.rollout_model import RolloutModel
-from openrft.errors import ConfigError
 from openrft.rewards import RewardSet
 from openrft.rewards.golden import check_golden_or_raise
 from openrft.rewards.live import apply_pending_updates, describe_event, version_metrics
@@ -266,15 +265,7 @@ def setup_grpo(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter)
         model, tok = load_policy(cfg, device)
         prompts = build_prompts(cfg, tok, splits.train, cfg.data.train)
         optimizer, scheduler = make_optimizer(cfg, model)
-        start = 0
-        ckpt.cleanup_partial(run.checkpoints)
-        if resume:
-            last = ckpt.latest(run.checkpoints)
-            if last is not None:
-                state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler)
-                start = int(state["step"])
-                reporter.message(f"resumed from {last} (step {start})")
-            run.truncate_after(start)
+        start = restore(run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter)
     except BaseException:
         rewards.close()
         raise
@@ -306,48 +297,32 @@ def train_grpo(
 ) -> Path:
     """Run GRPO as configured; returns the run directory (with `adapter/` at the end)."""
     reporter = reporter or NullReporter()
-    run = RunDir(output_dir or cfg.output_dir)
-    if not resume and run.metrics_file.exists() and run.metrics_file.stat().st_size > 0:
-        raise ConfigError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another --output-dir"
-        )
+    run = open_run(cfg, output_dir, resume)
     tr = setup_grpo(cfg, run, resume=resume, reporter=reporter)
-    reporter.start(cfg.max_steps, tr.start_step, "GRPO")
-    try:
-        with tr.rewards:
-            checkpoint_s = 0.0
-            for step in range(tr.start_step + 1, cfg.max_steps + 1):
-                for event in apply_pending_updates(tr.rewards, run.path, step):  # `openrft rewards update`
-                    reporter.message(describe_event(event))
-                metrics = train_step(tr, step)
-                metrics.update(version_metrics(tr.rewards))
-                metrics["time/checkpoint"] = checkpoint_s  # the previous step's checkpoint, if any
-                # metrics first, then the checkpoint: a crash in between redoes this step on resume
-                run.log_metrics(metrics)
-                reporter.update(step, metrics)
-                checkpoint_s = 0.0
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                    t0 = time.perf_counter()
-                    save_checkpoint(tr, step)
-                    checkpoint_s = time.perf_counter() - t0
-            if tr.start_step < cfg.max_steps or not run.adapter.exists():
-                save_checkpoint(tr, cfg.max_steps)
-                save_final_adapter(tr.model, run.adapter)
-    finally:
-        reporter.stop()
+
+    def step(n: int) -> dict[str, Any]:
+        for event in apply_pending_updates(tr.rewards, run.path, n):  # `openrft rewards update`
+            reporter.message(describe_event(event))
+        metrics = train_step(tr, n)
+        metrics.update(version_metrics(tr.rewards))
+        return metrics
+
+    with tr.rewards:
+        run_steps(
+            cfg,
+            run,
+            start=tr.start_step,
+            per_step=cfg.grpo.prompts_per_step,
+            step_fn=step,
+            model=tr.model,
+            optimizer=tr.optimizer,
+            scheduler=tr.scheduler,
+            reporter=reporter,
+            label="GRPO",
+            final=run.adapter,
+            save_final=lambda path: save_final_adapter(tr.model, path),
+        )
     return run.path
-
-
-def save_checkpoint(tr: Trainer, step: int) -> None:
-    ckpt.save_checkpoint(
-        tr.run.checkpoints,
-        step,
-        model=tr.model,
-        optimizer=tr.optimizer,
-        scheduler=tr.scheduler,
-        state={"data_position": step * tr.cfg.grpo.prompts_per_step, "seed": tr.cfg.seed},
-        keep=tr.cfg.keep_checkpoints,
-    )
 
 
 def train_step(tr: Trainer, step: int) -> dict[str, Any]:

@@ -32,6 +32,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def logps_from_logits(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature-scaled log-probs [N, T] of `ids` under logits [N, T, V], and entropy if asked."""
+    if temperature != 1.0 and temperature > 0:
+        logits = logits / temperature
+    logps = selective_log_softmax(logits, ids)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach())
+    return logps, ent
+
+
 def completion_logps(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -59,14 +73,7 @@ def completion_logps(
         logits_to_keep=t + 1,
     )
     logits = out.logits[:, :-1]  # [N, T, V]: position i predicts completion token i
-    if temperature != 1.0 and temperature > 0:
-        logits = logits / temperature
-    logps = selective_log_softmax(logits, completion_ids.to(device))
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = entropy_from_logits(logits.detach())
-    return logps, ent
+    return logps_from_logits(logits, completion_ids.to(device), temperature, with_entropy)
 
 
 def grouped_completion_logps(
@@ -115,11 +122,4 @@ def grouped_completion_logps(
             use_cache=True,
         ).logits  # [n, T-1, V]
         logits = torch.cat([logits, rest], dim=1)  # [n, T, V]
-    if temperature != 1.0 and temperature > 0:
-        logits = logits / temperature
-    logps = selective_log_softmax(logits, completion_ids)
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = entropy_from_logits(logits.detach())
-    return logps, ent
+    return logps_from_logits(logits, completion_ids, temperature, with_entropy)
