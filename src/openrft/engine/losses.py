@@ -45,14 +45,13 @@ def clipped_surrogate(
 def aggregate(
     per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, *, max_new_tokens: int, total_tokens: float
 ) -> torch.Tensor:
-    """Reduce a per-token loss [N, T] to a scalar.
+    """Reduce a per-token loss [N, T] to a scalar, normalised by whole-batch constants.
 
-    `total_tokens` is the number of real tokens in the whole optimizer batch (for dapo) and N in
-    dr_grpo is taken from the whole batch too, via `total_tokens`' companion: callers pass
-    micro-batches and sum the results, so every variant is normalised by whole-batch constants:
-    - grpo: sum_i mean_t(loss_i) / N_batch  -> caller passes total_tokens = N_batch.
-    - dapo: sum loss / tokens_batch         -> total_tokens = tokens in batch.
-    - dr_grpo: sum loss / (N_batch * max_new_tokens) -> total_tokens = N_batch.
+    Callers split a batch into micro-batches and sum the results, so every normaliser is that of
+    the whole optimizer batch (`normaliser(loss_type, batch_mask)` gives it as `total_tokens`):
+    - grpo:    sum over sequences of each sequence's token mean / sequences in the batch;
+    - dapo:    sum over tokens / real tokens in the batch;
+    - dr_grpo: sum over tokens / (sequences in the batch x max_new_tokens).
     """
     m = mask.to(per_token.dtype)
     if loss_type == "grpo":
