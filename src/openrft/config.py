@@ -437,17 +437,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set dotted.key=value` items to the raw config dict, in order."""
     for item in overrides:
         parts, value = parse_override(item)
-        node = data
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_dotted(data, {".".join(parts): value}, where=f"--set {item!r}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return data
 
 
