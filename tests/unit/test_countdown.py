@@ -456,8 +456,7 @@ def test_partial_equation_reward_stays_below_one_unless_correct() -> None:
 
 def test_demonstration_text() -> None:
     assert cd.demonstration({"nums": [95, 21, 3], "target": 88}) == (
-        "<think>\n"
-        "We need 88 using each of [95, 21, 3] exactly once.\n"
+        "<think>We need 88 from [95, 21, 3].\n"
         "21 / 3 = 7\n"
         "95 - 7 = 88\n"
         "So the equation is 95 - 21 / 3 = 88.\n"

@@ -64,6 +64,9 @@ PROMPT_TEMPLATE: str = (
 )
 
 ASSISTANT_PREFIX: str = "<think>"
+# The demo's prefill: the puzzle restated at the start of the answer keeps the numbers in view
+# of a small model (see examples/countdown.yaml); demonstrations start with it too.
+PREFIX_TEMPLATE = "<think>We need {target} from {nums}."
 
 MAX_EXPRESSION_CHARS = 200
 MAX_NESTING_DEPTH = 32
@@ -667,7 +670,8 @@ def _steps(expr: _Expr) -> list[str]:
 def demonstration(example: dict) -> str:
     """A correct completion written from the solver, in the task's format.
 
-    Starts with ``ASSISTANT_PREFIX``; the reasoning lists the solver's intermediate steps and
+    Starts with ``PREFIX_TEMPLATE`` rendered for the row (so a config that prefills the answer
+    with it trains on exactly the rest); the reasoning lists the solver's intermediate steps and
     the answer is the equation. Raises DataError if the example has no solution.
     """
     nums, target = _example_nums(example), _example_target(example)
@@ -675,8 +679,8 @@ def demonstration(example: dict) -> str:
     if tree is None:
         raise DataError(f"no equation of {nums} reaches {_show(target)}", column="target")
     equation = _render(tree)
-    lines = [f"We need {_show(target)} using each of {nums} exactly once."]
-    lines += _steps(tree) or [f"{equation} is already {_show(target)}."]
+    lines = _steps(tree) or [f"{equation} is already {_show(target)}."]
     lines.append(f"So the equation is {equation} = {_show(target)}.")
     body = "\n".join(lines)
-    return f"{ASSISTANT_PREFIX}\n{body}\n</think>\n<answer>{equation}</answer>"
+    head = PREFIX_TEMPLATE.format(target=_show(target), nums=nums)
+    return f"{head}\n{body}\n</think>\n<answer>{equation}</answer>"
