@@ -264,3 +264,30 @@ def test_assistant_prefix_missing_column_fails_before_loading(tmp_path: Path, ti
     )
     with pytest.raises(DataError, match="nope"):
         train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(setup: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "openrft.cli.main", "train", str(setup), "--output-dir", str(run)]
+    proc = subprocess.Popen(
+        [*cmd, "--set", "max_steps=100000", "--set", "save_every=0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline
+        and len(read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []) < 2
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "continue with --resume" in " ".join(err.split())
+    last = read_jsonl(run / "metrics.jsonl")[-1]["step"]
+    assert (run / "checkpoints" / f"step-{last}" / "manifest.json").is_file()  # no step lost
+    out = subprocess.run([*cmd, "--set", f"max_steps={last + 2}", "--resume"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"(step {last})" in out.stderr.replace("\n", "")
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, last + 3))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,30 @@ from openrft.tracking.progress import Reporter
 from openrft.tracking.run_dir import RunDir
 
 StepFn = Callable[[int], dict[str, Any]]
+
+_stop = threading.Event()
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on request; a checkpoint of the last finished step was written."""
+
+    def __init__(self, run: Path, step: int) -> None:
+        super().__init__(f"stopped after step {step}; checkpoint saved in {run}; continue with --resume")
+        self.run, self.step = run, step
+
+
+def request_stop() -> None:
+    """Ask the running loop to stop after the current step, with a checkpoint (a signal handler
+    calls this: Ctrl-C or SIGTERM then never loses the steps since the last checkpoint)."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def clear_stop() -> None:
+    _stop.clear()
 
 
 def open_run(cfg: RunConfig, output_dir: str | Path | None, resume: bool) -> RunDir:
@@ -97,10 +122,13 @@ def run_steps(
             run.log_metrics(metrics)
             reporter.update(step, metrics)
             checkpoint_s = 0.0
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            periodic = bool(cfg.save_every) and step % cfg.save_every == 0
+            if step < cfg.max_steps and (periodic or _stop.is_set()):
                 t0 = time.perf_counter()
                 save(step)
                 checkpoint_s = time.perf_counter() - t0
+                if _stop.is_set():
+                    raise TrainingStopped(run.path, step)
         if start < cfg.max_steps or not final.exists():
             save(cfg.max_steps)
             save_final(final)
