@@ -170,6 +170,16 @@ def load_checkpoint(
 
     adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, adapter)
+    return restore_trainer_state(folder, optimizer=optimizer, scheduler=scheduler)
+
+
+def restore_trainer_state(
+    folder: Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from a checkpoint folder; return the trainer state."""
     state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     optimizer_from_flat(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -147,8 +147,6 @@ def load_full_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any]:
     """`checkpoint.load_checkpoint` for a model saved whole (`save_pretrained` of a plain model)."""
-    import json
-
     weights: dict[str, torch.Tensor] = {}
     for f in sorted((folder / "adapter").glob("*.safetensors")):
         weights.update(load_file(str(f)))
@@ -156,14 +154,7 @@ def load_full_checkpoint(
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise ConfigError(f"{folder}: checkpoint does not match the model (missing {sorted(missing)[:3]})")
-    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    ckpt.optimizer_from_flat(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if "torch_cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["torch_cuda"])
-    return state
+    return ckpt.restore_trainer_state(folder, optimizer=optimizer, scheduler=scheduler)
 
 
 def save_full_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> None:
