@@ -7,7 +7,6 @@ without a valid manifest (a crash mid-write, a torn file) is never loaded: `late
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,23 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from openrft.fsutil import fsync_path, sha256_file
+
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -129,7 +114,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_path(root)
     for old in list_complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

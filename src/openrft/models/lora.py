@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openrft.errors import ConfigError
+from openrft.fsutil import fsync_path
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -79,12 +80,12 @@ def save_adapter(model: PeftModel, path: str | Path) -> Path:
             raise RuntimeError(f"PEFT did not write {missing} into {tmp}")
         for file in tmp.rglob("*"):
             if file.is_file():
-                _fsync(file)
+                fsync_path(file)
         if target.exists():
             os.rename(target, old)
             moved_aside = True
         os.rename(tmp, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     except BaseException:
         if moved_aside and not target.exists():
             os.rename(old, target)  # put the previous adapter back
@@ -102,11 +103,3 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
         if param.requires_grad:
             trainable += param.numel()
     return trainable, total
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

