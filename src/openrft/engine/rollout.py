@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from openrft.engine.decoder import LeanDecoder
 from openrft.types import RolloutBatch
 
 
@@ -56,6 +57,60 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+class _HFStepper:
+    """Decode through the transformers forward and its dynamic cache (any architecture)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.cache: object = None
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def repeat_rows(self, times: int) -> None:
+        self.cache.batch_repeat_interleave(times)  # type: ignore[attr-defined]
+
+    def keep_rows(self, keep: torch.Tensor, used: int) -> None:
+        self.cache.batch_select_indices(keep)  # type: ignore[attr-defined]
+
+    def decode(self, tok: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1].float()
+
+
+class _LeanStepper:
+    """Decode through a LeanDecoder's static cache (Llama-family models; see decoder.py)."""
+
+    def __init__(self, decoder: LeanDecoder) -> None:
+        self.dec = decoder
+        self.width = 0
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        self.width = ids.shape[1]
+        self.dec.allocate(ids.shape[0], self.width + max_new_tokens)
+        return self.dec.forward(ids, positions(mask), mask, 0)
+
+    def repeat_rows(self, times: int) -> None:
+        self.dec.repeat_rows(times)
+
+    def keep_rows(self, keep: torch.Tensor, used: int) -> None:
+        self.dec.keep_rows(keep, used)
+
+    def decode(self, tok: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        col = mask.shape[1] - 1
+        return self.dec.forward(tok[:, None], pos[:, None], mask, col)
+
+
 @torch.no_grad()
 def sample_groups(
     model: torch.nn.Module,
@@ -74,8 +129,12 @@ def sample_groups(
 
     Returns completions grouped contiguously: rows [g*G, (g+1)*G) belong to prompt g.
     `temperature == 0` means greedy (then log-probs are those of the untempered policy).
+    A model with a `decoder` attribute (RolloutModel on a Llama-family model) decodes through
+    that LeanDecoder; any other model through its transformers forward.
     """
     device = next(model.parameters()).device
+    decoder = getattr(model, "decoder", None)
+    stepper = _LeanStepper(decoder) if decoder is not None else _HFStepper(model)
     ids, mask = left_pad(prompt_ids, pad_id)  # [B, P]
     ids, mask = ids.to(device), mask.to(device)
     prompt_mask = mask
@@ -84,12 +143,9 @@ def sample_groups(
     temp = temperature if temperature > 0 else 1.0
 
     # -- prefill each prompt once, then share its cache across the group ----------------------
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1
-    )
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(group_size)
-    logits = out.logits[:, -1].float().repeat_interleave(group_size, 0)  # [N, V]
+    logits = stepper.prefill(ids, mask, max_new_tokens)
+    stepper.repeat_rows(group_size)
+    logits = logits.repeat_interleave(group_size, 0)  # [N, V]
     mask = mask.repeat_interleave(group_size, 0)  # [N, P]
     next_pos = mask.sum(-1)  # [N] position of the first completion token
 
@@ -116,18 +172,11 @@ def sample_groups(
                 break
             active, tok = active[keep], tok[keep]
             mask, next_pos = mask[keep], next_pos[keep]
-            cache.batch_select_indices(keep)
+            stepper.keep_rows(keep, mask.shape[1])
         if t + 1 == max_new_tokens:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=next_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1].float()
+        logits = stepper.decode(tok, mask, next_pos)
         next_pos = next_pos + 1
 
     steps = torch.arange(max_new_tokens, device=device)[None, :]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from openrft.engine.decoder import LeanDecoder, lean_decoder_for
 from openrft.engine.logprobs import causal_lm
 
 
@@ -29,7 +30,9 @@ def _lora_layers(policy: torch.nn.Module) -> dict[str, Any]:
 class RolloutModel:
     """Holds the merged model; call `sync()` after each optimizer step (cheap: B @ A per layer)."""
 
-    def __init__(self, policy: torch.nn.Module, attn_implementation: str = "eager") -> None:
+    def __init__(
+        self, policy: torch.nn.Module, attn_implementation: str = "eager", lean: bool = True
+    ) -> None:
         self.policy = policy
         self.layers = _lora_layers(policy)
         base = causal_lm(policy)
@@ -39,7 +42,10 @@ class RolloutModel:
         self.model.set_attn_implementation(attn_implementation)
         self.model.eval()
         self.targets = {name: self._target(name) for name in self.layers}
+        self.decoder: LeanDecoder | None = None
         self.sync()
+        # the sampler proper for Llama-family models; other architectures decode via transformers
+        self.decoder = lean_decoder_for(self.model) if lean else None
 
     def _target(self, lora_name: str) -> torch.nn.Linear:
         # policy names look like "base_model.model.model.layers.0.self_attn.q_proj"
@@ -65,6 +71,8 @@ class RolloutModel:
                 target.weight.copy_(w)
             else:
                 target.weight.copy_((w.float() + delta).to(w.dtype))
+        if self.decoder is not None:
+            self.decoder.refresh()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
