@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from openrft.engine.logprobs import completion_logps, grouped_completion_logps
+from openrft.engine.logprobs import (
+    causal_lm,
+    chunked_linear_logps,
+    completion_logps,
+    fused_head,
+    grouped_completion_logps,
+    logps_from_logits,
+)
 from openrft.engine.precision import train_autocast
-from openrft.engine.rollout import sample_groups, sample_tokens
+from openrft.engine.rollout import positions, sample_groups, sample_tokens
 from openrft.engine.rollout_model import RolloutModel
 from openrft.models import attach_lora, load_model_and_tokenizer
 
@@ -146,3 +153,76 @@ def test_inverse_cdf_sampler_has_the_right_distribution() -> None:
     freq = torch.bincount(tok, minlength=4).float() / len(tok)
     assert freq[1] == 0  # a zero-probability token is never drawn
     assert torch.allclose(freq, probs[0], atol=0.015)
+
+
+def test_chunked_head_logps_entropy_and_gradients_equal_full_logits() -> None:
+    torch.manual_seed(0)
+    for temperature in (1.0, 0.7):
+        h = torch.randn(3, 7, 16, requires_grad=True)
+        w = torch.randn(50, 16, requires_grad=True)
+        ids = torch.randint(0, 50, (3, 7))
+        up = torch.randn(3, 7)  # an arbitrary upstream gradient
+        ref, ref_ent = logps_from_logits(h @ w.t(), ids, temperature, with_entropy=True)
+        (ref * up).sum().backward()
+        want = (h.grad.clone(), w.grad.clone())  # type: ignore[union-attr]
+        h.grad = w.grad = None
+        got, ent = chunked_linear_logps(
+            h, w, ids, temperature, with_entropy=True, chunk=4
+        )  # 21 rows: 6 chunks
+        (got * up).sum().backward()
+        assert ent is not None and ref_ent is not None
+        assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
+        assert torch.allclose(h.grad, want[0], atol=1e-5)  # type: ignore[arg-type]
+        assert torch.allclose(w.grad, want[1], atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_policy_logps_equal_the_models_own_logits(fp32_policy: torch.nn.Module) -> None:
+    """completion_logps goes through the decoder stack and the chunked head; the reference is
+    the *ForCausalLM's own logits."""
+    b = rollout(fp32_policy, 0.7)
+    assert fused_head(causal_lm(fp32_policy)) is not None
+    with torch.no_grad():
+        got, ent = completion_logps(
+            fp32_policy,
+            b.prompt_ids,
+            b.prompt_mask,
+            b.completion_ids,
+            b.completion_mask,
+            temperature=0.7,
+            with_entropy=True,
+        )
+        ids = torch.cat([b.prompt_ids, b.completion_ids], 1)
+        mask = torch.cat([b.prompt_mask, b.completion_mask], 1)
+        logits = fp32_policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+        t = b.completion_ids.shape[1]
+        ref, ref_ent = logps_from_logits(logits[:, -t - 1 : -1], b.completion_ids, 0.7, with_entropy=True)
+    m = b.completion_mask.bool()
+    assert ent is not None and ref_ent is not None
+    assert torch.allclose(got[m], ref[m], atol=1e-5) and torch.allclose(ent[m], ref_ent[m], atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_attention_equals_eager_attention_with_gradients(dtype: torch.dtype) -> None:
+    """The registered grouped attention gives transformers' eager results: outputs and LoRA
+    gradients, with left padding, in fp32 and bf16."""
+    from openrft.engine.attention import NAME, use_grouped_attention
+
+    model = policy("bfloat16" if dtype == torch.bfloat16 else "float32")
+    lm = causal_lm(model)
+    assert lm.config._attn_implementation == NAME  # the CPU default for Llama-family models
+    x = torch.randint(4, 90, (3, 12))
+    mask = torch.ones_like(x)
+    mask[0, :5] = 0
+    results = []
+    for impl in ("eager", NAME):
+        lm.set_attn_implementation(impl)
+        out = model(input_ids=x, attention_mask=mask, position_ids=positions(mask)).logits.float()
+        (out[mask.bool()] ** 2).mean().backward()
+        results.append((out[mask.bool()].detach(), lora_grads(model)))
+        model.zero_grad()
+    (a, ga), (b, gb) = results
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(a, b, atol=tol, rtol=tol)
+    for p, q in zip(ga, gb, strict=True):
+        assert torch.allclose(p, q, atol=tol, rtol=10 * tol)
+    assert use_grouped_attention(model.get_base_model())

@@ -491,8 +491,10 @@ def _resolve_device(device: str) -> str:
 def load_model_and_tokenizer(
     name_or_path: str, *, dtype: str = "auto", device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Resolve `name_or_path`, load model (sdpa attention, eval mode) and tokenizer (left padding).
+    """Resolve `name_or_path`, load model (eval mode) and tokenizer (left padding).
 
+    Attention: SDPA (flash kernels on GPUs); on CPU, Llama-family models use OpenRFT's grouped
+    attention (engine/attention.py: 3x faster forward + backward than CPU SDPA in bf16).
     The tokenizer's pad token defaults to its eos token when it has none.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -506,6 +508,10 @@ def load_model_and_tokenizer(
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     model.to(device)
+    if device == "cpu":
+        from openrft.engine.attention import use_grouped_attention
+
+        use_grouped_attention(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
