@@ -226,3 +226,19 @@ def test_grouped_attention_equals_eager_attention_with_gradients(dtype: torch.dt
     for p, q in zip(ga, gb, strict=True):
         assert torch.allclose(p, q, atol=tol, rtol=10 * tol)
     assert use_grouped_attention(model.get_base_model())
+
+
+def test_two_level_sampler_has_the_right_distribution() -> None:
+    """Vocabularies that split into blocks take the two-level path; zero-probability tokens,
+    including those at block edges, are never drawn."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(2048, generator=g) ** 4
+    probs[torch.randperm(2048, generator=g)[:1500]] = 0.0
+    probs[255] = probs[256] = probs[2047] = probs[0] = 0.0  # block edges
+    probs[300:512] = 0.0  # a whole empty block
+    probs /= probs.sum()
+    tok = sample_tokens(probs.repeat(40000, 1), torch.Generator().manual_seed(1))
+    freq = torch.bincount(tok, minlength=2048).float() / len(tok)
+    assert freq[probs == 0].sum() == 0
+    assert (freq - probs).abs().max() < 0.004
+    assert torch.allclose(freq.view(8, 256).sum(-1), probs.view(8, 256).sum(-1), atol=0.006)

@@ -205,7 +205,7 @@ class LeanDecoder:
             # a padding query sees itself, so no softmax row is all -inf (NaN in the cache)
             itself = below & ~torch.ones((t, s), dtype=torch.bool).tril(col - 1)
             allowed = (allowed & below) | itself
-        mask = torch.zeros((r, t, s), dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
+        mask = torch.zeros((r, t, s), dtype=self.dtype).masked_fill_(~allowed, float("-inf"))
         mask = mask[:, None, None]
         half = d // 2
         hidden = (x.shape[-1],)
@@ -221,8 +221,9 @@ class LeanDecoder:
             # grouped heads: query head h reads kv head h // rep, as transformers' repeat_kv
             q = qk[:, :, :nq].transpose(1, 2).reshape(r, nkv, rep * t, d) * self.scale
             scores = torch.matmul(q, kc[:, :, :, :s])  # [R, nkv, rep*T, S]
-            scores = scores.view(r, nkv, rep, t, s).float() + mask
-            probs = torch.softmax(scores, dim=-1).to(self.dtype).view(r, nkv, rep * t, s)
+            scores = scores.view(r, nkv, rep, t, s) + mask  # as transformers' eager: mask added
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)  # in bf16
+            probs = probs.view(r, nkv, rep * t, s)
             att = torch.matmul(probs, vc[:, :, :s])  # [R, nkv, rep*T, D]
             att = att.view(r, nq, t, d).transpose(1, 2).reshape(r, t, nq * d)
             x = x + ly.o(att)

@@ -46,15 +46,31 @@ def filter_logits(logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tenso
     return logits
 
 
-def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None, block: int = 256) -> torch.Tensor:
     """One token per row of probs [R, V] by inverse-CDF sampling -> [R].
 
     Same distribution as torch.multinomial, but multinomial draws V exponentials per row
-    (31 ms per decode step for 32 x 49k here) where this draws one uniform per row (~1 ms).
+    (31 ms per decode step for 32 x 49k here) where this draws one uniform per row. The CDF is
+    walked in two levels, blocks of `block` tokens then the tokens of the chosen block, because
+    a cumulative sum over 49k entries is one sequential pass (0.55 ms per step at 16 rows)
+    while block sums vectorise.
     """
-    cdf = probs.cumsum(-1)  # [R, V]
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    r, v = probs.shape
+    u = torch.rand((r, 1), generator=generator, device=probs.device)
+    if v % block or v < 4 * block:
+        cdf = probs.cumsum(-1)  # [R, V]
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=v - 1)
+    blocks = probs.view(r, v // block, block)
+    cdf_b = blocks.sum(-1).cumsum(-1)  # [R, nb]
+    u = u * cdf_b[:, -1:]
+    b = torch.searchsorted(cdf_b, u, right=True).clamp_(max=v // block - 1)  # [R, 1] chosen block
+    before = torch.where(b > 0, cdf_b.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(u))
+    cdf_w = blocks.gather(1, b[:, :, None].expand(r, 1, block)).squeeze(1).cumsum(-1)  # [R, block]
+    # u - before is uniform over the chosen block's mass; clamped so rounding can never land on
+    # a zero-probability token at either end of the block
+    rest = (u - before).clamp(min=0).minimum(cdf_w[:, -1:] * (1 - 2**-20))
+    j = torch.searchsorted(cdf_w, rest, right=True).clamp_(max=block - 1)
+    return (b * block + j).squeeze(-1)
 
 
 class _HFStepper:
@@ -155,13 +171,14 @@ def sample_groups(
     active = torch.arange(n, device=device)  # rows still writing, in cache order
 
     for t in range(max_new_tokens):
-        scaled = logits / temp  # [R, V]
-        if temperature > 0:
-            probs = torch.softmax(filter_logits(scaled, top_p, top_k), dim=-1)
-            tok = sample_tokens(probs, generator)  # [R]
+        logp_all = torch.log_softmax(logits / temp, dim=-1)  # [R, V]
+        if temperature > 0 and top_p >= 1.0 and not top_k:
+            tok = sample_tokens(logp_all.exp(), generator)  # [R]
+        elif temperature > 0:
+            tok = sample_tokens(torch.softmax(filter_logits(logp_all, top_p, top_k), dim=-1), generator)
         else:
-            tok = scaled.argmax(-1)
-        lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # [R]
+            tok = logp_all.argmax(-1)
+        lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)  # [R]
         tokens[active, t] = tok
         logps[active, t] = lp
         done = torch.isin(tok, eos)
