@@ -40,9 +40,12 @@ class _ChunkedLinearLogps(torch.autograd.Function):
     Why by hand: the plain path materialises fp32 logits [N, T, 49k] and then log-softmax, its
     exp and the entropy's products, each another pass over 400 MB for a GRPO micro-batch of
     16 x 128 tokens: ~3 s of a 10 s update here, on 2 cores. Chunks of rows keep each pass in
-    cache; the backward recomputes each chunk's logits (one extra lm_head matmul) instead of
-    storing them, so memory no longer grows with the vocabulary (as Liger's fused linear
-    cross-entropy does).
+    cache, and the [N, T, V] logits never exist (as in Liger's fused linear cross-entropy).
+    The gradient w.r.t. h is computed in the forward, while each chunk's probabilities are at
+    hand: d logp[target] / d h = (onehot(target) - p) W / T, so the forward keeps
+    (p - onehot) W [M, H] and the backward only scales it by the upstream gradient; no second
+    pass over the vocabulary and no recomputed logits. (A trainable head also needs dW, which
+    recomputes each chunk's logits in the backward.)
     """
 
     @staticmethod
@@ -61,38 +64,48 @@ class _ChunkedLinearLogps(torch.autograd.Function):
         logps = torch.empty(m, dtype=torch.float32, device=hidden.device)
         ent = torch.zeros(m, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(m, dtype=torch.float32, device=hidden.device)
+        want_dh = ctx.needs_input_grad[0]
+        dh = torch.empty((m, hidden.shape[1]), dtype=torch.float32, device=hidden.device) if want_dh else None
         for a in range(0, m, chunk):
             z = (hidden[a : a + chunk] @ w.t()).float().mul_(inv_temp)  # [c, V]
             lse_c = torch.logsumexp(z, dim=-1)
             lse[a : a + chunk] = lse_c
             lp = z.sub_(lse_c[:, None])  # log-probs, in place
-            logps[a : a + chunk] = lp.gather(-1, target[a : a + chunk, None]).squeeze(-1)
+            idx = target[a : a + chunk, None]
+            logps[a : a + chunk] = lp.gather(-1, idx).squeeze(-1)
+            if not (with_entropy or want_dh):
+                continue
+            p = lp.exp()
             if with_entropy:
-                ent[a : a + chunk] = -(lp.exp().mul_(lp)).sum(-1)
-        ctx.save_for_backward(hidden, weight, target, lse)
+                ent[a : a + chunk] = -(p * lp).sum(-1)
+            if dh is not None:
+                p.scatter_add_(-1, idx, torch.full(idx.shape, -1.0, device=p.device))  # p - onehot
+                dh[a : a + chunk] = (p.to(hidden.dtype) @ w).float()
+        ctx.save_for_backward(hidden, weight, target, lse, dh if dh is not None else torch.empty(0))
         ctx.inv_temp, ctx.chunk = inv_temp, chunk
         ctx.mark_non_differentiable(ent)
         return logps, ent
 
     @staticmethod
     def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ent: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        hidden, weight, target, lse = ctx.saved_tensors
-        w = weight.to(hidden.dtype)
-        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for a in range(0, hidden.shape[0], ctx.chunk):
-            h = hidden[a : a + ctx.chunk]
-            g = grad_logps[a : a + ctx.chunk].float()  # [c]
-            z = (h @ w.t()).float().mul_(ctx.inv_temp)
-            # d logp[target] / d z = onehot(target) - softmax(z); times 1/T for the logits
-            dz = z.sub_(lse[a : a + ctx.chunk, None]).exp_().mul_(-g[:, None])
-            dz.scatter_add_(-1, target[a : a + ctx.chunk, None], g[:, None])
-            dz = dz.mul_(ctx.inv_temp).to(hidden.dtype)
-            if grad_h is not None:
-                grad_h[a : a + ctx.chunk] = dz @ w
-            if grad_w is not None:
-                grad_w += (dz.t() @ h).float()
-        return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None, None
+        hidden, weight, target, lse, dh = ctx.saved_tensors
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            # d loss / d h = g * (onehot - p) W / T = -(g / T) * (p - onehot) W
+            grad_h = (dh * (grad_logps.float() * -ctx.inv_temp)[:, None]).to(hidden.dtype)
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # a trainable head: recompute each chunk's softmax
+            w = weight.to(hidden.dtype)
+            grad_w = torch.zeros_like(weight, dtype=torch.float32)
+            for a in range(0, hidden.shape[0], ctx.chunk):
+                h = hidden[a : a + ctx.chunk]
+                g = grad_logps[a : a + ctx.chunk].float()  # [c]
+                z = (h @ w.t()).float().mul_(ctx.inv_temp)
+                dz = z.sub_(lse[a : a + ctx.chunk, None]).exp_().mul_(-g[:, None])
+                dz.scatter_add_(-1, target[a : a + ctx.chunk, None], g[:, None])
+                grad_w += (dz.mul_(ctx.inv_temp).to(hidden.dtype).t() @ h).float()
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None, None
 
 
 def chunked_linear_logps(
