@@ -68,7 +68,9 @@ class _Linear:
         if any(lin.bias is not None for lin in self.sources):
             self.bias = torch.cat(
                 [
-                    lin.bias if lin.bias is not None else torch.zeros(lin.out_features, dtype=w.dtype)
+                    lin.bias
+                    if lin.bias is not None
+                    else torch.zeros(lin.out_features, dtype=w.dtype, device=w.device)
                     for lin in self.sources
                 ]
             ).contiguous()
@@ -118,8 +120,9 @@ class LeanDecoder:
         self.scale = self.head_dim**-0.5
         self.embed = inner.embed_tokens.weight
         self.dtype = self.embed.dtype
-        if pack is None:
-            pack = _can_pack(self.dtype)
+        self.device = self.embed.device
+        if pack is None:  # oneDNN packing is a CPU layout; on GPUs the plain matmuls are used
+            pack = self.device.type == "cpu" and _can_pack(self.dtype)
 
         def lin(*mods: torch.nn.Linear) -> _Linear:
             return _Linear(list(mods), rows_hint, pack)
@@ -162,11 +165,12 @@ class LeanDecoder:
         # keys are stored transposed, [rows, kv heads, D, length]: q @ K^T then reads the cache
         # as it lies (the row layout made the bf16 batched matmul copy every key, 30% slower)
         kv, d, dt = self.n_kv, self.head_dim, self.dtype
-        self.k = [torch.zeros((rows, kv, d, length), dtype=dt) for _ in self.layers]
-        self.v = [torch.zeros((rows, kv, length, d), dtype=dt) for _ in self.layers]
+        dev = self.device
+        self.k = [torch.zeros((rows, kv, d, length), dtype=dt, device=dev) for _ in self.layers]
+        self.v = [torch.zeros((rows, kv, length, d), dtype=dt, device=dev) for _ in self.layers]
         self.rows = rows
-        pos = torch.arange(length)[None, :]
-        probe = torch.zeros((), dtype=self.dtype)
+        pos = torch.arange(length, device=dev)[None, :]
+        probe = torch.zeros((), dtype=self.dtype, device=dev)
         cos, sin = self.rotary(probe, pos)  # [1, length, D], as transformers computes them
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
 
@@ -201,11 +205,12 @@ class LeanDecoder:
         # additive mask [R, 1, 1, T, S]: padding keys and (within this chunk) future keys
         allowed = key_mask[:, None, :s].bool().expand(r, t, s)
         if t > 1:
-            below = torch.ones((t, s), dtype=torch.bool).tril(col)
+            below = torch.ones((t, s), dtype=torch.bool, device=ids.device).tril(col)
             # a padding query sees itself, so no softmax row is all -inf (NaN in the cache)
-            itself = below & ~torch.ones((t, s), dtype=torch.bool).tril(col - 1)
+            itself = below & ~torch.ones((t, s), dtype=torch.bool, device=ids.device).tril(col - 1)
             allowed = (allowed & below) | itself
-        mask = torch.zeros((r, t, s), dtype=self.dtype).masked_fill_(~allowed, float("-inf"))
+        mask = torch.zeros((r, t, s), dtype=self.dtype, device=ids.device)
+        mask = mask.masked_fill_(~allowed, float("-inf"))
         mask = mask[:, None, None]
         half = d // 2
         hidden = (x.shape[-1],)
