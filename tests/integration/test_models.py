@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from openrft.engine.attention import use_grouped_attention
 from openrft.errors import ConfigError
 from openrft.models import attach_lora, count_trainable, load_model_and_tokenizer, save_adapter
 from openrft.models.registry import resolve_dtype
@@ -40,7 +41,7 @@ def test_load_tiny_model_and_tokenizer(tiny_model_dir: Path) -> None:
     model, tok = load_model_and_tokenizer(TINY)
     assert not model.training
     assert model.dtype == resolve_dtype("auto", "cpu")
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "openrft_gqa"  # the CPU default for Llama-family models
     assert tok.padding_side == "left"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
     text = "Hi there!\n{a: [1, 2]} ~`"
@@ -94,6 +95,7 @@ def test_adapter_round_trip_gives_identical_logits(
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    use_grouped_attention(fresh)  # the attention load_model_and_tokenizer picks on CPU
     reloaded = PeftModel.from_pretrained(fresh, str(out))
     assert torch.equal(_logits(reloaded, ids), tuned_logits)
 
@@ -117,6 +119,7 @@ def test_save_adapter_overwrites_atomically(tmp_path: Path, tiny_model_dir: Path
     assert (target / "adapter_model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .tmp/.old leftovers
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    use_grouped_attention(fresh)  # the attention load_model_and_tokenizer picks on CPU
     assert torch.equal(_logits(PeftModel.from_pretrained(fresh, str(target)), ids), expected)
 
 
