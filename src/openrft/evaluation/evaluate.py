@@ -92,7 +92,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        sampler = RolloutModel(model) if hasattr(model, "peft_config") else model
+        # the sampling copy: LoRA merged (a no-op for plain weights) and, for Llama-family
+        # models, decoded by the lean decoder
+        sampler = RolloutModel(model)
         with RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=1.0) as rewards:
             for start in range(0, len(prompts), per_batch):
                 chunk = prompts[start : start + per_batch]
