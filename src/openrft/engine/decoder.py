@@ -173,6 +173,9 @@ class LeanDecoder:
         probe = torch.zeros((), dtype=self.dtype, device=dev)
         cos, sin = self.rotary(probe, pos)  # [1, length, D], as transformers computes them
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated): one op less
+        half = self.head_dim // 2
+        self.sin = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
 
     def repeat_rows(self, times: int) -> None:
         """Row i becomes rows [i*times, (i+1)*times): a prompt's cache shared by its group."""
@@ -218,8 +221,7 @@ class LeanDecoder:
             h = F.rms_norm(x, hidden, ly.ln1, self.eps).to(self.dtype)
             qkv = ly.qkv(h).view(r, t, nq + 2 * nkv, d)
             qk, v = qkv[:, :, : nq + nkv], qkv[:, :, nq + nkv :]
-            rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rot * sin  # RoPE on q and k heads at once
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # RoPE on q and k heads at once
             kc, vc = self.k[i][:r], self.v[i][:r]
             kc[:, :, :, col:s] = qk[:, :, nq:].permute(0, 2, 3, 1)
             vc[:, :, col:s] = v.transpose(1, 2)
@@ -231,10 +233,10 @@ class LeanDecoder:
             probs = probs.view(r, nkv, rep * t, s)
             att = torch.matmul(probs, vc[:, :, :s])  # [R, nkv, rep*T, D]
             att = att.view(r, nq, t, d).transpose(1, 2).reshape(r, t, nq * d)
-            x = x + ly.o(att)
+            x.add_(ly.o(att))
             h = F.rms_norm(x, hidden, ly.ln2, self.eps).to(self.dtype)
             g, u = ly.gate_up(h).chunk(2, dim=-1)
-            x = x + ly.down(F.silu(g) * u)
+            x.add_(ly.down(F.silu(g).mul_(u)))
         last = F.rms_norm(x[:, -1], hidden, self.norm, self.eps).to(self.dtype)
         return self.lm_head(last).float()
 
