@@ -101,6 +101,11 @@ def test_unsupported_models_say_why_and_fall_back() -> None:
     assert lean_decoder_for(gpt2) is None
     with pytest.raises(ValueError, match="cannot decode"):
         LeanDecoder(gpt2)
+    biased = tiny("llama")
+    biased.config.attention_bias = True
+    for layer in biased.model.layers:  # type: ignore[attr-defined]
+        layer.self_attn.o_proj.bias = torch.nn.Parameter(torch.zeros(64))
+    assert "bias" in str(LeanDecoder.unsupported(biased)) and lean_decoder_for(biased) is None
     sliding = tiny("mistral")
     sliding.config.sliding_window = 4
     assert "sliding" in str(LeanDecoder.unsupported(sliding))

@@ -9,8 +9,8 @@ same function with fewer, larger operations: q/k/v fused into one matmul and gat
 another, the cache written in place into preallocated buffers, RoPE tables built once per
 rollout, one additive mask per step shared by all layers. It is an inference-only mirror of
 transformers' modelling code (eager attention semantics: fp32 softmax, grouped KV heads), so
-every model it accepts is checked against the transformers forward in
-tests/integration/test_engine_equivalence.py; anything it does not recognise falls back to
+every model family it accepts is checked against the transformers forward in
+tests/integration/test_lean_decoder.py; anything it does not recognise falls back to
 plain transformers (`LeanDecoder.unsupported` says why).
 """
 
@@ -49,8 +49,8 @@ def _can_pack(dtype: torch.dtype) -> bool:
 class _Linear:
     """y = x W^T + b with W pre-packed into oneDNN's blocked layout when possible.
 
-    Why: a plain bf16 `F.linear` at 16 rows re-lays-out the weight on every call; packing once
-    per weight update makes the decode matmuls 1.4-1.7x faster here (same results bit for bit).
+    Why: packing once per weight update instead of handing oneDNN a plain weight on every call
+    makes the decode matmuls 1.4-1.7x faster here at 16-64 rows (same results bit for bit).
     """
 
     def __init__(self, sources: list[torch.nn.Linear], rows_hint: int, pack: bool) -> None:
@@ -104,6 +104,8 @@ class LeanDecoder:
         inner = getattr(model, "model", None)
         if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
             return "unrecognised module layout"
+        if any(layer.self_attn.o_proj.bias is not None for layer in inner.layers):
+            return "an output-projection bias"
         return None
 
     def __init__(self, model: torch.nn.Module, *, rows_hint: int = 16, pack: bool | None = None) -> None:
@@ -135,8 +137,6 @@ class LeanDecoder:
         self.layers: list[_Layer] = []
         for layer in inner.layers:
             att, mlp = layer.self_attn, layer.mlp
-            if att.o_proj.bias is not None:
-                raise ValueError("LeanDecoder cannot decode this model: o_proj has a bias")
             self.layers.append(
                 _Layer(
                     ln1=layer.input_layernorm.weight.float(),
@@ -163,7 +163,7 @@ class LeanDecoder:
     def allocate(self, rows: int, length: int) -> None:
         """Static cache for `rows` sequences of up to `length` tokens, and RoPE tables."""
         # keys are stored transposed, [rows, kv heads, D, length]: q @ K^T then reads the cache
-        # as it lies (the row layout made the bf16 batched matmul copy every key, 30% slower)
+        # as it lies (30 layers' decode attention at 16 rows: 10.4 ms vs 14.1 ms in row layout)
         kv, d, dt = self.n_kv, self.head_dim, self.dtype
         dev = self.device
         self.k = [torch.zeros((rows, kv, d, length), dtype=dt, device=dev) for _ in self.layers]

@@ -5,7 +5,8 @@ not give cheaply: (1) each prompt is prefilled once and its KV cache shared by t
 of its group (generate would prefill it G times); (2) the log-prob of every sampled token
 under the temperature-scaled policy is kept, so `num_iterations > 1` needs no extra forward
 pass for the old policy; (3) rows that finished (EOS) leave the batch, so the decode step
-only pays for rows still writing. The model call itself is plain transformers.
+only pays for rows still writing. The forward itself is the lean decoder (engine/decoder.py)
+for Llama-family models behind a RolloutModel, and plain transformers for everything else.
 """
 
 from __future__ import annotations
@@ -109,11 +110,9 @@ class _LeanStepper:
 
     def __init__(self, decoder: LeanDecoder) -> None:
         self.dec = decoder
-        self.width = 0
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        self.width = ids.shape[1]
-        self.dec.allocate(ids.shape[0], self.width + max_new_tokens)
+        self.dec.allocate(ids.shape[0], ids.shape[1] + max_new_tokens)
         return self.dec.forward(ids, positions(mask), mask, 0)
 
     def repeat_rows(self, times: int) -> None:
