@@ -612,6 +612,7 @@ def sample_and_score(
     from openrft.engine.common import build_prompts, eos_ids, load_splits, set_threads
     from openrft.engine.grpo import decode_completions
     from openrft.engine.rollout import sample_groups
+    from openrft.engine.rollout_model import RolloutModel
     from openrft.evaluation.evaluate import load_for_eval
     from openrft.rewards import RewardSet
     from openrft.tracking.progress import NullReporter
@@ -627,6 +628,7 @@ def sample_and_score(
     with RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=1.0) as rs:
         set_threads(cfg.model.threads)
         model, tok = load_for_eval(cfg, adapter)
+        sampler = RolloutModel(model)  # as evaluate(): the lean decoder for Llama-family models
         items = build_prompts(cfg, tok, chosen, cfg.data.train)
         eos = eos_ids(tok, model)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
@@ -641,7 +643,7 @@ def sample_and_score(
                 chunk = items[start : start + per_chunk]
                 t1 = time.perf_counter()
                 batch = sample_groups(
-                    model,
+                    sampler,
                     [p.ids for p in chunk],
                     group_size=samples,
                     max_new_tokens=g.max_new_tokens,
