@@ -24,6 +24,7 @@ from openrft.data import (
     split_rows,
     validate_rows,
 )
+from openrft.engine.allocator import keep_freed_memory
 from openrft.errors import DataError
 from openrft.types import PromptItem
 
@@ -35,7 +36,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use the physical cores (hyper-threads slow matmuls down on CPU)."""
+    """Use the physical cores (hyper-threads slow matmuls down on CPU), and keep freed memory in
+    the process so each step's tensors do not page-fault afresh (see `allocator`)."""
+    keep_freed_memory()
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, threads))
