@@ -4,17 +4,19 @@ accepts, and the sampler gives the same samples through it as through transforme
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 
+from openrft.engine import cpu_kernels
 from openrft.engine.decoder import LeanDecoder, lean_decoder_for
 from openrft.engine.rollout import sample_groups
 from openrft.engine.rollout_model import RolloutModel
 from openrft.models import attach_lora
 
 
-def tiny(kind: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def tiny(kind: str, dtype: torch.dtype = torch.float32, **shape: int) -> torch.nn.Module:
     """A random model of each supported family (and one unsupported), built in-process."""
     import transformers as tf
 
@@ -27,6 +29,7 @@ def tiny(kind: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
+    common.update(shape)
     cfg = {
         "llama": lambda: tf.LlamaConfig(**common, tie_word_embeddings=True),
         "qwen2": lambda: tf.Qwen2Config(**common, tie_word_embeddings=False),  # q/k/v biases
@@ -50,7 +53,7 @@ def tiny(kind: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     return model.to(dtype).eval()
 
 
-def reference_and_lean(model: torch.nn.Module, n_prompt: int = 9, n_new: int = 5):  # type: ignore[no-untyped-def]
+def reference_and_lean(model: torch.nn.Module, n_prompt: int = 9, n_new: int = 5, **decoder: Any):  # type: ignore[no-untyped-def]
     """Logits of a full forward vs the decoder's prefill then one token at a time."""
     torch.manual_seed(1)
     rows = 3
@@ -61,7 +64,7 @@ def reference_and_lean(model: torch.nn.Module, n_prompt: int = 9, n_new: int = 5
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
-    dec = LeanDecoder(model)
+    dec = LeanDecoder(model, **decoder)
     dec.allocate(rows, n_prompt + n_new)
     got = [dec.forward(ids[:, :n_prompt], pos[:, :n_prompt], mask, 0)]
     for t in range(n_prompt, n_prompt + n_new):
@@ -93,6 +96,49 @@ def test_bf16_lean_decoder_is_at_least_as_close_to_fp32_as_transformers_bf16() -
         return float(((torch.log_softmax(x, -1) - torch.log_softmax(truth, -1)).abs() * p).sum(-1).mean())
 
     assert err(lean) <= 1.5 * err(hf) + 1e-3
+
+
+# head_dim 16 with 2 query heads per KV head; head_dim 64 with 5 (the kernels' 64-wide value
+# blocks, and query heads in blocks of 4 then 1); 21-30 keys (16-column blocks plus a tail)
+KERNEL_SHAPES = [
+    {},
+    {"hidden_size": 320, "num_attention_heads": 5, "num_key_value_heads": 1, "intermediate_size": 160},
+]
+
+
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=["d16", "d64"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_fused_decode_kernels_compute_the_pytorch_step(kind: str, shape: dict[str, int]) -> None:
+    """The C++ one-token step equals the PyTorch one: in fp32 to float rounding, in bf16 up to
+    the rare 1-ulp difference of the norm's sum order (every other rounding is in the same place)."""
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU decode kernels unavailable: {cpu_kernels.why_not()}")
+    model = tiny(kind, **shape)
+    fused, plain = (
+        reference_and_lean(model, n_new=12, kernels=True)[0],
+        reference_and_lean(model, n_new=12, kernels=False)[0],
+    )
+    assert torch.allclose(fused, plain, atol=1e-5), (fused - plain).abs().max()
+    model = model.to(torch.bfloat16)
+    fused, plain = (
+        reference_and_lean(model, n_new=12, kernels=True)[0],
+        reference_and_lean(model, n_new=12, kernels=False)[0],
+    )
+    lp_f, lp_p = torch.log_softmax(fused[[1, 2]], -1), torch.log_softmax(plain[[1, 2]], -1)
+    assert (lp_f - lp_p).abs().max() < 0.05
+    assert (lp_f - lp_p).abs().mean() < 2e-3
+
+
+def test_decoder_without_kernels_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPENRFT_CPU_KERNELS=0 (or no compiler) leaves the PyTorch step, which still decodes."""
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setenv("OPENRFT_CPU_KERNELS", "0")
+    model = tiny("llama")
+    assert LeanDecoder(model).ops is None and cpu_kernels.why_not() == "OPENRFT_CPU_KERNELS=0"
+    with pytest.raises(ValueError, match="unavailable"):
+        LeanDecoder(model, kernels=True)
+    got, want = reference_and_lean(model)
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_unsupported_models_say_why_and_fall_back() -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openrft.engine import cpu_kernels
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -108,7 +110,14 @@ class LeanDecoder:
             return "an output-projection bias"
         return None
 
-    def __init__(self, model: torch.nn.Module, *, rows_hint: int = 16, pack: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        rows_hint: int = 16,
+        pack: bool | None = None,
+        kernels: bool | None = None,
+    ) -> None:
         reason = self.unsupported(model)
         if reason is not None:
             raise ValueError(f"LeanDecoder cannot decode this model: {reason}")
@@ -125,6 +134,14 @@ class LeanDecoder:
         self.device = self.embed.device
         if pack is None:  # oneDNN packing is a CPU layout; on GPUs the plain matmuls are used
             pack = self.device.type == "cpu" and _can_pack(self.dtype)
+        # the fused C++ kernels of the one-token step (cpu_kernels.py) on CPU in fp32/bf16; None ->
+        # the PyTorch ops below (the prefill always uses those)
+        fits = self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
+        self.ops = cpu_kernels.load() if fits and kernels is not False else None
+        if kernels and self.ops is None:
+            raise ValueError(
+                f"CPU decode kernels requested but unavailable: {cpu_kernels.why_not() or 'shape'}"
+            )
 
         def lin(*mods: torch.nn.Linear) -> _Linear:
             return _Linear(list(mods), rows_hint, pack)
@@ -199,6 +216,8 @@ class LeanDecoder:
         [col, col + T); `key_mask` [R, col + T] marks real (non-pad) keys. Returns the fp32
         logits of the last token [R, V]. R must equal the current `rows`."""
         r, t = ids.shape
+        if t == 1 and self.ops is not None:
+            return self._step(ids[:, 0], pos[:, 0].contiguous(), key_mask, col)
         s = col + t
         nq, nkv, d = self.n_q, self.n_kv, self.head_dim
         rep = nq // nkv
@@ -239,6 +258,26 @@ class LeanDecoder:
             x.add_(ly.down(F.silu(g).mul_(u)))
         last = F.rms_norm(x[:, -1], hidden, self.norm, self.eps).to(self.dtype)
         return self.lm_head(last).float()
+
+    def _step(self, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, col: int) -> torch.Tensor:
+        """`forward` for one token per row through the fused kernels: per layer, four matmuls and
+        four kernel calls (residual add + norm, RoPE + cache write, attention, SiLU * up)."""
+        ops, dt = self.ops, self.dtype
+        assert ops is not None
+        r, s = ids.shape[0], col + 1
+        x = F.embedding(ids, self.embed).float()  # [R, H] fp32 residual stream
+        mask = torch.zeros((r, s), dtype=dt, device=ids.device)
+        mask.masked_fill_(~key_mask[:, :s].bool(), float("-inf"))
+        y: torch.Tensor | None = None
+        for i, ly in enumerate(self.layers):
+            h = ops.add_rms_norm(x, y, ly.ln1, self.eps, dt)  # x += y, then the norm
+            q = ops.rope_write(
+                ly.qkv(h), pos, self.cos, self.sin, self.k[i], self.v[i], col, self.n_q, self.n_kv, self.scale
+            )
+            y = ly.o(ops.decode_attention(q, self.k[i], self.v[i], mask, s))
+            h = ops.add_rms_norm(x, y, ly.ln2, self.eps, dt)
+            y = ly.down(ops.silu_mul(ly.gate_up(h)))
+        return self.lm_head(ops.add_rms_norm(x, y, self.norm, self.eps, dt)).float()
 
 
 def lean_decoder_for(model: Any) -> LeanDecoder | None:

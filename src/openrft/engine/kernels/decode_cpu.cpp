@@ -1,0 +1,365 @@
+// Fused CPU kernels for LeanDecoder's one-token decode step (loaded by cpu_kernels.py).
+//
+// Why by hand: at GRPO's decode shape (16 rows, one token) each of the ~25 small PyTorch ops
+// around a layer's four matmuls costs 5-30 us of dispatch, allocation and thread fork/join
+// for a few microseconds of arithmetic, and the two attention matmuls cost ~75 us each in bf16
+// whatever their size. These four kernels do that work in four calls per layer and round to
+// the model dtype exactly where the PyTorch path does (after the score matmul, the softmax,
+// the value matmul, RoPE's two products, SiLU and the gate product), so a bf16 decode computes
+// the same function; tests/integration/test_lean_decoder.py compares the two paths.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float bf16_to_f(uint16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline uint16_t f_to_bf16(float f) {  // round to nearest even, as c10::BFloat16; branch-free
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  u = (f != f) ? 0x7fc00000u : u + 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// exp(x) in float, written so the compiler vectorizes it (a libm call per element would not
+// be): x = k ln2 + r with |r| <= ln2 / 2 (Cody-Waite), exp(r) by Cephes' expf polynomial
+// (< 2 ulp, as accurate as the SLEEF exp PyTorch uses after rounding to bf16), times 2^k built
+// in the exponent bits. Below -87.3 (under FLT_MIN, and -inf) it returns 0.
+inline float exp_f(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.7f);
+  const float k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.3f ? 0.f : p * scale;
+}
+
+// Element access for the two supported storage types: float, and bf16 held as uint16_t.
+template <typename S> struct Io;
+template <> struct Io<float> {
+  static inline float get(float v) { return v; }
+  static inline float put(float v) { return v; }
+  static inline float round(float v) { return v; }  // fp32 models: no intermediate rounding
+};
+template <> struct Io<uint16_t> {
+  static inline float get(uint16_t v) { return bf16_to_f(v); }
+  static inline uint16_t put(float v) { return f_to_bf16(v); }
+  static inline float round(float v) { return bf16_to_f(f_to_bf16(v)); }
+};
+
+template <typename F>
+void dispatch(at::ScalarType t, F&& f) {
+  if (t == at::kFloat) {
+    f(float{});
+  } else if (t == at::kBFloat16) {
+    f(uint16_t{});
+  } else {
+    TORCH_CHECK(false, "openrft decode kernels support float32 and bfloat16, got ", t);
+  }
+}
+
+template <typename S>
+S* ptr(const at::Tensor& t) {
+  return reinterpret_cast<S*>(t.data_ptr());
+}
+
+// x += y (when y is given); returns rms_norm(x) * w in `dtype`. x: fp32 [N, H] contiguous.
+at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const at::Tensor& w,
+                        double eps, at::ScalarType dtype) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2, "x: fp32 [N, H]");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous(), "w: fp32 [H]");
+  const int64_t n = x.size(0), h = x.size(1);
+  auto out = at::empty({n, h}, x.options().dtype(dtype));
+  dispatch(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const S* yp = nullptr;
+    if (y.has_value()) {
+      TORCH_CHECK(y->scalar_type() == dtype && y->is_contiguous() && y->numel() == n * h, "y: [N, H]");
+      yp = ptr<S>(*y);
+    }
+    float* xp = x.data_ptr<float>();
+    const float* wp = w.data_ptr<float>();
+    S* op = ptr<S>(out);
+    for (int64_t r = 0; r < n; ++r) {
+      float* xr = xp + r * h;
+      if (yp != nullptr) {
+        const S* yr = yp + r * h;
+        for (int64_t i = 0; i < h; ++i) xr[i] += Io<S>::get(yr[i]);
+      }
+      float ss = 0.f;
+      for (int64_t i = 0; i < h; ++i) ss += xr[i] * xr[i];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(h) + static_cast<float>(eps));
+      S* orow = op + r * h;
+      for (int64_t i = 0; i < h; ++i) orow[i] = Io<S>::put((xr[i] * inv) * wp[i]);
+    }
+  });
+  return out;
+}
+
+// RoPE on the query and key heads of one token per row, keys and values written into the
+// cache at column `col`, queries returned rotated and scaled.
+// qkv [R, (nq + 2 nkv) * D]; pos [R] int64; cos, sin [L, D] (sin with its first half negated,
+// so rotate_half(x) * sin == roll(x, D/2) * sin); kc [>=R, nkv, D, L]; vc [>=R, nkv, L, D].
+// Returns q [R, nq, D] = round(round(rope(q)) * scale).
+at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Tensor& cos,
+                      const at::Tensor& sin, at::Tensor kc, at::Tensor vc, int64_t col, int64_t nq,
+                      int64_t nkv, double scale) {
+  const int64_t r = qkv.size(0), d = kc.size(2), len = kc.size(3), half = d / 2;
+  TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (nq + 2 * nkv) * d, "qkv: [R, (nq + 2 nkv) D]");
+  TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && cos.is_contiguous() && sin.is_contiguous(),
+              "contiguous cache and tables");
+  TORCH_CHECK(col >= 0 && col < len && vc.size(2) == len, "cache column out of range");
+  TORCH_CHECK(pos.scalar_type() == at::kLong && pos.is_contiguous() && pos.numel() == r, "pos: int64 [R]");
+  TORCH_CHECK(d % 2 == 0 && d <= 1024, "head_dim: even, at most 1024");
+  auto q = at::empty({r, nq, d}, qkv.options());
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const float sc = static_cast<float>(scale);
+  dispatch(qkv.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* src = ptr<S>(qkv);
+    const S* cp = ptr<S>(cos);
+    const S* sp = ptr<S>(sin);
+    S* kp = ptr<S>(kc);
+    S* vp = ptr<S>(vc);
+    S* qp = ptr<S>(q);
+    for (int64_t i = 0; i < r; ++i) {
+      const S* row = src + i * (nq + 2 * nkv) * d;
+      const S* c = cp + pp[i] * d;
+      const S* s = sp + pp[i] * d;
+      float rot[1024];  // one head, rotated and rounded (head_dim <= 1024, checked above)
+      for (int64_t h = 0; h < nq + nkv; ++h) {
+        const S* x = row + h * d;
+        for (int64_t j = 0; j < half; ++j)  // two straight loops (no index select) vectorize
+          rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
+                                Io<S>::get(x[j + half]) * Io<S>::get(s[j]));
+        for (int64_t j = half; j < d; ++j)
+          rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
+                                Io<S>::get(x[j - half]) * Io<S>::get(s[j]));
+        if (h < nq) {
+          S* qo = qp + (i * nq + h) * d;
+          for (int64_t j = 0; j < d; ++j) qo[j] = Io<S>::put(rot[j] * sc);
+        } else {  // keys stored transposed: [row, head, D, L]
+          S* ko = kp + (i * nkv + (h - nq)) * d * len + col;
+          for (int64_t j = 0; j < d; ++j) ko[j * len] = Io<S>::put(rot[j]);
+        }
+      }
+      for (int64_t h = 0; h < nkv; ++h) {
+        const S* x = row + (nq + nkv + h) * d;
+        std::memcpy(vp + ((i * nkv + h) * len + col) * d, x, d * sizeof(S));
+      }
+    }
+  });
+  return q;
+}
+
+// 16-float vectors through GCC's vector extensions: AVX-512 here, two AVX2 registers elsewhere.
+typedef float vf __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+constexpr int64_t W = 16;
+
+inline vf load16(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf load16(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+// score[a][t] = sum_j q[a][j] k[j][t] for NR query heads, columns [t0, t0 + 16): keys are read
+// once per 16 columns and the NR accumulators stay in registers.
+template <int NR, typename S>
+inline void scores16(const float* qf, int64_t d, const S* k, int64_t len, int64_t t0, float* score, int64_t s) {
+  vf acc[NR];
+  for (int a = 0; a < NR; ++a) acc[a] = vf{} ;
+  for (int64_t j = 0; j < d; ++j) {
+    const vf kv = load16(k + j * len + t0);
+    for (int a = 0; a < NR; ++a) acc[a] += qf[a * d + j] * kv;
+  }
+  for (int a = 0; a < NR; ++a) std::memcpy(score + a * s + t0, &acc[a], sizeof(vf));
+}
+
+// out[a][c0 .. c0 + 16 NB) = sum_t p[a][t] v[t][...] for NR heads: values are read once per
+// column and the NR x NB accumulators stay in registers.
+template <int NR, int NB, typename S>
+inline void values(const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* acc_out) {
+  vf acc[NR][NB];
+  for (int a = 0; a < NR; ++a)
+    for (int c = 0; c < NB; ++c) acc[a][c] = vf{};
+  for (int64_t t = 0; t < s; ++t) {
+    const S* vr = v + t * d + c0;
+    vf vv[NB];
+    for (int c = 0; c < NB; ++c) vv[c] = load16(vr + c * W);
+    for (int a = 0; a < NR; ++a) {
+      const float pa = p[a * s + t];
+      for (int c = 0; c < NB; ++c) acc[a][c] += pa * vv[c];
+    }
+  }
+  for (int a = 0; a < NR; ++a) std::memcpy(acc_out + a * d + c0, acc[a], NB * sizeof(vf));
+}
+
+template <int NB, typename S>
+inline void values_heads(int nr, const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* out) {
+  switch (nr) {
+    case 1: values<1, NB>(p, s, v, d, c0, out); break;
+    case 2: values<2, NB>(p, s, v, d, c0, out); break;
+    case 3: values<3, NB>(p, s, v, d, c0, out); break;
+    default: values<4, NB>(p, s, v, d, c0, out); break;
+  }
+}
+
+template <typename S>
+void score_heads(int nr, const float* qf, int64_t d, const S* k, int64_t len, float* score, int64_t s) {
+  const int64_t s16 = s - s % W;
+  for (int64_t t0 = 0; t0 < s16; t0 += W) {
+    switch (nr) {
+      case 1: scores16<1>(qf, d, k, len, t0, score, s); break;
+      case 2: scores16<2>(qf, d, k, len, t0, score, s); break;
+      case 3: scores16<3>(qf, d, k, len, t0, score, s); break;
+      default: scores16<4>(qf, d, k, len, t0, score, s); break;
+    }
+  }
+  for (int a = 0; a < nr; ++a)  // the last s % 16 columns
+    for (int64_t t = s16; t < s; ++t) {
+      float x = 0.f;
+      for (int64_t j = 0; j < d; ++j) x += qf[a * d + j] * Io<S>::get(k[j * len + t]);
+      score[a * s + t] = x;
+    }
+}
+
+// One query token per row against the first `s` cache columns, query heads grouped on their KV
+// head. q [R, nq, D] (pre-scaled); kc [>=R, nkv, D, L]; vc [>=R, nkv, L, D]; mask [R, s]
+// additive (0 or -inf). Returns [R, nq * D]. Rounds the scores, the probabilities and the
+// output to the model dtype, as bf16 matmuls and a float32 softmax cast back do.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
+                            const at::Tensor& mask, int64_t s) {
+  const int64_t r = q.size(0), nq = q.size(1), d = q.size(2);
+  const int64_t nkv = kc.size(1), len = kc.size(3), rep = nq / nkv;
+  TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() && mask.is_contiguous(),
+              "contiguous inputs");
+  TORCH_CHECK(nq % nkv == 0 && kc.size(2) == d && s <= len && mask.size(0) == r && mask.size(1) == s,
+              "shapes");
+  auto out = at::empty({r, nq * d}, q.options());
+  dispatch(q.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* qp = ptr<S>(q);
+    const S* kp = ptr<S>(kc);
+    const S* vp = ptr<S>(vc);
+    const S* mp = ptr<S>(mask);
+    S* op = ptr<S>(out);
+    at::parallel_for(0, r * nkv, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> score(rep * s), acc(rep * d), qf(rep * d);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t i = task / nkv, g = task % nkv;
+        const S* k = kp + (i * nkv + g) * d * len;
+        const S* v = vp + (i * nkv + g) * len * d;
+        const S* m = mp + i * s;
+        for (int64_t a = 0; a < rep; ++a)
+          for (int64_t j = 0; j < d; ++j) qf[a * d + j] = Io<S>::get(qp[(i * nq + g * rep + a) * d + j]);
+        for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // scores = q K^T, keys read as stored ([D, L])
+          const int nr = static_cast<int>(std::min<int64_t>(4, rep - a0));
+          score_heads<S>(nr, qf.data() + a0 * d, d, k, len, score.data() + a0 * s, s);
+        }
+        for (int64_t a = 0; a < rep; ++a) {  // float32 softmax of the rounded, masked scores
+          float* sa = score.data() + a * s;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < s; ++t) {
+            sa[t] = Io<S>::round(Io<S>::round(sa[t]) + Io<S>::get(m[t]));
+            mx = std::max(mx, sa[t]);
+          }
+          float sum = 0.f;
+          for (int64_t t = 0; t < s; ++t) {
+            sa[t] = exp_f(sa[t] - mx);
+            sum += sa[t];
+          }
+          const float inv = 1.f / sum;
+          for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(sa[t] * inv);
+        }
+        for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // out = p V
+          const int nr = static_cast<int>(std::min<int64_t>(4, rep - a0));
+          const float* pa = score.data() + a0 * s;
+          float* oa = acc.data() + a0 * d;
+          int64_t c0 = 0;
+          for (; c0 + 4 * W <= d; c0 += 4 * W) values_heads<4, S>(nr, pa, s, v, d, c0, oa);
+          for (; c0 + W <= d; c0 += W) values_heads<1, S>(nr, pa, s, v, d, c0, oa);
+          for (int a = 0; a < nr; ++a)  // the last d % 16 dimensions
+            for (int64_t j = c0; j < d; ++j) {
+              float x = 0.f;
+              for (int64_t t = 0; t < s; ++t) x += pa[a * s + t] * Io<S>::get(v[t * d + j]);
+              oa[a * d + j] = x;
+            }
+        }
+        for (int64_t a = 0; a < rep; ++a)
+          for (int64_t j = 0; j < d; ++j) op[(i * nq + g * rep + a) * d + j] = Io<S>::put(acc[a * d + j]);
+      }
+    });
+  });
+  return out;
+}
+
+// gu [N, 2 I] (gate then up, as the fused projection writes them) -> round(round(silu(g)) * u).
+at::Tensor silu_mul(const at::Tensor& gu) {
+  TORCH_CHECK(gu.is_contiguous() && gu.dim() == 2 && gu.size(1) % 2 == 0, "gu: [N, 2 I]");
+  const int64_t n = gu.size(0), inter = gu.size(1) / 2;
+  auto out = at::empty({n, inter}, gu.options());
+  dispatch(gu.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* src = ptr<S>(gu);
+    S* op = ptr<S>(out);
+    for (int64_t i = 0; i < n; ++i) {
+      const S* g = src + i * 2 * inter;
+      const S* u = g + inter;
+      S* o = op + i * inter;
+      for (int64_t j = 0; j < inter; ++j) {
+        const float x = Io<S>::get(g[j]);
+        o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(openrft_decode, m) {
+  m.def("add_rms_norm(Tensor(a!) x, Tensor? y, Tensor w, float eps, ScalarType dtype) -> Tensor");
+  m.def(
+      "rope_write(Tensor qkv, Tensor pos, Tensor cos, Tensor sin, Tensor(a!) kc, Tensor(b!) vc, int col, "
+      "int nq, int nkv, float scale) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor kc, Tensor vc, Tensor mask, int s) -> Tensor");
+  m.def("silu_mul(Tensor gu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(openrft_decode, CPU, m) {
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("rope_write", &rope_write);
+  m.impl("decode_attention", &decode_attention);
+  m.impl("silu_mul", &silu_mul);
+}
