@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openrft.engine import cpu_kernels, logprobs
 from openrft.engine.logprobs import (
     causal_lm,
     chunked_linear_logps,
@@ -155,7 +156,15 @@ def test_inverse_cdf_sampler_has_the_right_distribution() -> None:
     assert torch.allclose(freq, probs[0], atol=0.015)
 
 
-def test_chunked_head_logps_entropy_and_gradients_equal_full_logits() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpu-kernel", "pytorch"])
+def test_chunked_head_logps_entropy_and_gradients_equal_full_logits(
+    kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of taking each chunk's softmax statistics: the C++ pass and the PyTorch ops."""
+    if kernel and cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    if not kernel:
+        monkeypatch.setattr(logprobs, "_head_kernel", lambda hidden: None)
     torch.manual_seed(0)
     for temperature in (1.0, 0.7):
         h = torch.randn(3, 7, 16, requires_grad=True)
@@ -174,6 +183,28 @@ def test_chunked_head_logps_entropy_and_gradients_equal_full_logits() -> None:
         assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
         assert torch.allclose(h.grad, want[0], atol=1e-5)  # type: ignore[arg-type]
         assert torch.allclose(w.grad, want[1], atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_bf16_head_kernel_equals_the_pytorch_chunk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In bf16 the C++ statistics round where the PyTorch ops do: the log-probs agree to float
+    rounding and the hidden-state gradient to bf16 rounding."""
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    torch.manual_seed(0)
+    h = torch.randn(2, 40, 32, dtype=torch.bfloat16)
+    w = torch.randn(3000, 32, dtype=torch.bfloat16) * 0.3
+    ids = torch.randint(0, 3000, (2, 40))
+    results = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(logprobs, "_head_kernel", lambda hidden: None)
+        x = h.clone().requires_grad_(True)
+        got, ent = chunked_linear_logps(x, w, ids, 0.7, with_entropy=True, chunk=32)
+        got.sum().backward()
+        results.append((got, ent, x.grad))
+    (a, ea, ga), (b, eb, gb) = results
+    assert torch.allclose(a, b, atol=1e-4) and torch.allclose(ea, eb, atol=1e-4)  # type: ignore[arg-type]
+    assert torch.allclose(ga.float(), gb.float(), atol=0.02, rtol=0.02)  # type: ignore[union-attr]
 
 
 def test_policy_logps_equal_the_models_own_logits(fp32_policy: torch.nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""The fused C++ kernels of the CPU decode step (kernels/decode_cpu.cpp), built on first use.
+"""The fused C++ kernels of the CPU decode step (kernels/cpu_ops.cpp), built on first use.
 
 They are compiled with torch's cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the
 first time a process asks for them, ~30 s, and cached in torch's extension directory, keyed by
@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "decode_cpu.cpp"
+SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_ops.cpp"
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
 
 
 def load() -> Any | None:
-    """torch.ops.openrft_decode once built and loaded, else None (and the reason in `why_not()`)."""
+    """torch.ops.openrft_cpu once built and loaded, else None (and the reason in `why_not()`)."""
     if "ops" not in _state:
         _state["ops"], _state["why"] = _build()
         if _state["ops"] is None:
@@ -39,13 +39,13 @@ def why_not() -> str | None:
 def _build() -> tuple[Any | None, str | None]:
     if os.environ.get("OPENRFT_CPU_KERNELS") == "0":
         return None, "OPENRFT_CPU_KERNELS=0"
-    if hasattr(torch.ops, "openrft_decode") and hasattr(torch.ops.openrft_decode, "silu_mul"):
-        return torch.ops.openrft_decode, None  # already loaded in this process
+    if hasattr(torch.ops, "openrft_cpu") and hasattr(torch.ops.openrft_cpu, "silu_mul"):
+        return torch.ops.openrft_cpu, None  # already loaded in this process
     try:
         from torch.utils import cpp_extension
 
         capability = torch.backends.cpu.get_cpu_capability().lower()  # e.g. avx512: -march=native
-        name = f"openrft_decode_cpu_{capability}"
+        name = f"openrft_cpu_cpu_{capability}"
         built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
         if not built.exists():
             print("openrft: building the CPU decode kernels (once, ~30 s) ...", file=sys.stderr, flush=True)
@@ -59,4 +59,4 @@ def _build() -> tuple[Any | None, str | None]:
         )
     except Exception as exc:  # no compiler, no ninja, no headers, a compile error: fall back
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-    return torch.ops.openrft_decode, None
+    return torch.ops.openrft_cpu, None

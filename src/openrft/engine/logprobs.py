@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from openrft.engine import cpu_kernels
 from openrft.engine.rollout import positions
 
 
@@ -66,7 +67,16 @@ class _ChunkedLinearLogps(torch.autograd.Function):
         lse = torch.empty(m, dtype=torch.float32, device=hidden.device)
         want_dh = ctx.needs_input_grad[0]
         dh = torch.empty((m, hidden.shape[1]), dtype=torch.float32, device=hidden.device) if want_dh else None
+        ops = _head_kernel(hidden)
         for a in range(0, m, chunk):
+            if ops is not None:  # the same statistics in one C++ pass per row (cpu_ops.cpp)
+                stats = ops.head_stats(
+                    hidden[a : a + chunk] @ w.t(), target[a : a + chunk], inv_temp, want_dh
+                )
+                logps[a : a + chunk], ent[a : a + chunk], lse[a : a + chunk] = stats[:3]
+                if dh is not None:
+                    dh[a : a + chunk] = (stats[3] @ w).float()
+                continue
             z = (hidden[a : a + chunk] @ w.t()).float().mul_(inv_temp)  # [c, V]
             lse_c = torch.logsumexp(z, dim=-1)
             lse[a : a + chunk] = lse_c
@@ -81,6 +91,8 @@ class _ChunkedLinearLogps(torch.autograd.Function):
             if dh is not None:
                 p.scatter_add_(-1, idx, torch.full(idx.shape, -1.0, device=p.device))  # p - onehot
                 dh[a : a + chunk] = (p.to(hidden.dtype) @ w).float()
+        if not with_entropy:
+            ent.zero_()
         ctx.save_for_backward(hidden, weight, target, lse, dh if dh is not None else torch.empty(0))
         ctx.inv_temp, ctx.chunk = inv_temp, chunk
         ctx.mark_non_differentiable(ent)
@@ -106,6 +118,13 @@ class _ChunkedLinearLogps(torch.autograd.Function):
                 grad_w += (dz.mul_(ctx.inv_temp).to(hidden.dtype).t() @ h).float()
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None, None
+
+
+def _head_kernel(hidden: torch.Tensor) -> Any | None:
+    """The C++ softmax-statistics kernel for CPU fp32/bf16 hidden states, if it is built."""
+    if hidden.device.type != "cpu" or hidden.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return cpu_kernels.load()
 
 
 def chunked_linear_logps(

@@ -1,4 +1,5 @@
-// Fused CPU kernels for LeanDecoder's one-token decode step (loaded by cpu_kernels.py).
+// Fused CPU kernels (loaded by cpu_kernels.py): LeanDecoder's one-token decode step, and the
+// softmax statistics of the chunked head in logprobs.py.
 //
 // Why by hand: at GRPO's decode shape (16 rows, one token) each of the ~25 small PyTorch ops
 // around a layer's four matmuls costs 5-30 us of dispatch, allocation and thread fork/join
@@ -84,6 +85,124 @@ S* ptr(const at::Tensor& t) {
   return reinterpret_cast<S*>(t.data_ptr());
 }
 
+// 16-float vectors through GCC's vector extensions: AVX-512 here, two AVX2 registers elsewhere.
+typedef float vf __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+constexpr int64_t W = 16;
+
+inline vf load16(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf load16(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+typedef int32_t vi __attribute__((vector_size(64)));
+
+inline void store16(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline void store16(uint16_t* p, vf v) {  // round to nearest even, as f_to_bf16
+  vu u;
+  std::memcpy(&u, &v, sizeof(u));
+  u = (v != v) ? vu{} + 0x7fc00000u : u + 0x7fffu + ((u >> 16) & 1u);
+  vh h = __builtin_convertvector(u >> 16, vh);
+  std::memcpy(p, &h, sizeof(h));
+}
+inline vf splat(float x) { return vf{} + x; }
+
+// Io<S>::round on 16 lanes: identity for float, round to nearest even bf16 for uint16_t.
+inline vf round16(vf v, float) { return v; }
+inline vf round16(vf v, uint16_t) {
+  vu u;
+  std::memcpy(&u, &v, sizeof(u));
+  u = (v != v) ? vu{} + 0x7fc00000u : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+// exp_f on 16 lanes (the same arithmetic, so lane and scalar results are identical).
+inline vf exp_v(vf x) {
+  vf xc = x < -87.3f ? splat(-87.3f) : x;
+  xc = xc > 88.7f ? splat(88.7f) : xc;
+  const vf k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  vf r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.3f ? vf{} : p * scale;
+}
+
+inline float hsum(vf v) {
+  float r = 0.f;
+  for (int i = 0; i < W; ++i) r += v[i];
+  return r;
+}
+inline float hmax(vf v) {
+  float r = v[0];
+  for (int i = 1; i < W; ++i) r = std::max(r, v[i]);
+  return r;
+}
+
+// max_j x[j] * scale, sum_j x[j]^2 and sum_j exp(x[j] * scale - shift), 16 lanes at a time
+// (plain loops would not vectorize: reordering a float reduction changes its rounding, so the
+// compiler keeps it serial; here the lanes are the order).
+template <typename S>
+float max_scaled(const S* x, int64_t n, float scale) {
+  vf m = splat(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const vf v = load16(x + j) * scale;
+    m = v > m ? v : m;
+  }
+  float r = hmax(m);
+  for (; j < n; ++j) r = std::max(r, Io<S>::get(x[j]) * scale);
+  return r;
+}
+template <typename S>
+float sum_squares(const S* x, int64_t n) {
+  vf acc{};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const vf v = load16(x + j);
+    acc += v * v;
+  }
+  float r = hsum(acc);
+  for (; j < n; ++j) r += Io<S>::get(x[j]) * Io<S>::get(x[j]);
+  return r;
+}
+inline float sum_lanes(const float* x, int64_t n) {
+  vf acc{};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) acc += load16(x + j);
+  float r = hsum(acc);
+  for (; j < n; ++j) r += x[j];
+  return r;
+}
+template <typename S>
+float sum_exp(const S* x, int64_t n, float scale, float shift) {
+  vf acc{};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) acc += exp_v(load16(x + j) * scale - shift);
+  float r = hsum(acc);
+  for (; j < n; ++j) r += exp_f(Io<S>::get(x[j]) * scale - shift);
+  return r;
+}
+
 // x += y (when y is given); returns rms_norm(x) * w in `dtype`. x: fp32 [N, H] contiguous.
 at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const at::Tensor& w,
                         double eps, at::ScalarType dtype) {
@@ -107,8 +226,7 @@ at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const 
         const S* yr = yp + r * h;
         for (int64_t i = 0; i < h; ++i) xr[i] += Io<S>::get(yr[i]);
       }
-      float ss = 0.f;
-      for (int64_t i = 0; i < h; ++i) ss += xr[i] * xr[i];
+      const float ss = sum_squares(xr, h);
       const float inv = 1.f / std::sqrt(ss / static_cast<float>(h) + static_cast<float>(eps));
       S* orow = op + r * h;
       for (int64_t i = 0; i < h; ++i) orow[i] = Io<S>::put((xr[i] * inv) * wp[i]);
@@ -171,26 +289,6 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Te
     }
   });
   return q;
-}
-
-// 16-float vectors through GCC's vector extensions: AVX-512 here, two AVX2 registers elsewhere.
-typedef float vf __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-constexpr int64_t W = 16;
-
-inline vf load16(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline vf load16(const uint16_t* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof(h));
-  vu u = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
 }
 
 // score[a][t] = sum_j q[a][j] k[j][t] for NR query heads, columns [t0, t0 + 16): keys are read
@@ -289,17 +387,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
         }
         for (int64_t a = 0; a < rep; ++a) {  // float32 softmax of the rounded, masked scores
           float* sa = score.data() + a * s;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t t = 0; t < s; ++t) {
-            sa[t] = Io<S>::round(Io<S>::round(sa[t]) + Io<S>::get(m[t]));
-            mx = std::max(mx, sa[t]);
-          }
-          float sum = 0.f;
-          for (int64_t t = 0; t < s; ++t) {
-            sa[t] = exp_f(sa[t] - mx);
-            sum += sa[t];
-          }
-          const float inv = 1.f / sum;
+          for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(Io<S>::round(sa[t]) + Io<S>::get(m[t]));
+          const float mx = max_scaled(sa, s, 1.f);
+          int64_t t = 0;
+          for (; t + W <= s; t += W) store16(sa + t, exp_v(load16(sa + t) - mx));
+          for (; t < s; ++t) sa[t] = exp_f(sa[t] - mx);
+          const float inv = 1.f / sum_lanes(sa, s);
           for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(sa[t] * inv);
         }
         for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // out = p V
@@ -337,7 +430,12 @@ at::Tensor silu_mul(const at::Tensor& gu) {
       const S* g = src + i * 2 * inter;
       const S* u = g + inter;
       S* o = op + i * inter;
-      for (int64_t j = 0; j < inter; ++j) {
+      int64_t j = 0;
+      for (; j + W <= inter; j += W) {
+        const vf x = load16(g + j);
+        store16(o + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(u + j));
+      }
+      for (; j < inter; ++j) {
         const float x = Io<S>::get(g[j]);
         o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
       }
@@ -346,20 +444,79 @@ at::Tensor silu_mul(const at::Tensor& gu) {
   return out;
 }
 
+// Per-row statistics of softmax(z * inv_temp) for one chunk of head logits z [C, V] (the
+// model dtype, as the head matmul returns them), in three passes over each row while it sits
+// in L2: the max, then the log-sum-exp, then the probabilities. Returns (logp[target] [C],
+// entropy [C], lse [C]) in fp32 and, when `grad`, p - onehot(target) [C, V] in z's dtype (the
+// operand of the hidden-state gradient's matmul). Replaces ~12 full passes of PyTorch ops
+// (a float copy, logsumexp's five, a subtraction, exp, a product, a sum, a scatter, a cast).
+std::vector<at::Tensor> head_stats(const at::Tensor& z, const at::Tensor& target, double inv_temp, bool grad) {
+  TORCH_CHECK(z.dim() == 2 && z.is_contiguous(), "z: contiguous [C, V]");
+  TORCH_CHECK(target.scalar_type() == at::kLong && target.is_contiguous() && target.numel() == z.size(0),
+              "target: int64 [C]");
+  const int64_t c = z.size(0), vocab = z.size(1);
+  auto f32 = z.options().dtype(at::kFloat);
+  auto logp = at::empty({c}, f32), ent = at::empty({c}, f32), lse = at::empty({c}, f32);
+  auto pm = grad ? at::empty({c, vocab}, z.options()) : at::empty({0}, z.options());
+  const float inv = static_cast<float>(inv_temp);
+  const int64_t* tp = target.data_ptr<int64_t>();
+  dispatch(z.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* zp = ptr<S>(z);
+    S* pp = grad ? ptr<S>(pm) : nullptr;
+    float* lp = logp.data_ptr<float>();
+    float* ep = ent.data_ptr<float>();
+    float* sp = lse.data_ptr<float>();
+    at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const S* row = zp + i * vocab;
+        TORCH_CHECK(tp[i] >= 0 && tp[i] < vocab, "target id out of range");
+        const float mx = max_scaled(row, vocab, inv);
+        const float l = mx + std::log(sum_exp(row, vocab, inv, mx));
+        const int64_t t = tp[i];
+        vf hv{};  // entropy = -sum p log p, 16 lanes
+        int64_t j = 0;
+        S* prow = pp != nullptr ? pp + i * vocab : nullptr;
+        for (; j + W <= vocab; j += W) {
+          const vf a = load16(row + j) * inv - l;
+          const vf e = exp_v(a);
+          hv -= e * a;
+          if (prow != nullptr) store16(prow + j, e);
+        }
+        float h = hsum(hv);
+        for (; j < vocab; ++j) {
+          const float a = Io<S>::get(row[j]) * inv - l;
+          const float e = exp_f(a);
+          h -= e * a;
+          if (prow != nullptr) prow[j] = Io<S>::put(e);
+        }
+        if (prow != nullptr)  // p - onehot at the target, rounded once
+          prow[t] = Io<S>::put(exp_f(Io<S>::get(row[t]) * inv - l) - 1.f);
+        lp[i] = Io<S>::get(row[tp[i]]) * inv - l;
+        ep[i] = h;
+        sp[i] = l;
+      }
+    });
+  });
+  return {logp, ent, lse, pm};
+}
+
 }  // namespace
 
-TORCH_LIBRARY(openrft_decode, m) {
+TORCH_LIBRARY(openrft_cpu, m) {
   m.def("add_rms_norm(Tensor(a!) x, Tensor? y, Tensor w, float eps, ScalarType dtype) -> Tensor");
   m.def(
       "rope_write(Tensor qkv, Tensor pos, Tensor cos, Tensor sin, Tensor(a!) kc, Tensor(b!) vc, int col, "
       "int nq, int nkv, float scale) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor kc, Tensor vc, Tensor mask, int s) -> Tensor");
   m.def("silu_mul(Tensor gu) -> Tensor");
+  m.def("head_stats(Tensor z, Tensor target, float inv_temp, bool grad) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(openrft_decode, CPU, m) {
+TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("rope_write", &rope_write);
   m.impl("decode_attention", &decode_attention);
   m.impl("silu_mul", &silu_mul);
+  m.impl("head_stats", &head_stats);
 }
