@@ -129,6 +129,41 @@ def test_fused_decode_kernels_compute_the_pytorch_step(kind: str, shape: dict[st
     assert (lp_f - lp_p).abs().mean() < 2e-3
 
 
+def test_fused_attention_reads_shared_prompts_from_one_row_per_group() -> None:
+    """After repeat_rows the kernel reads each group's prompt columns from one row, and after
+    keep_rows drops a group's first row it reads them from the next kept one: the logits equal
+    the PyTorch step's, which reads every row's own copy."""
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU decode kernels unavailable: {cpu_kernels.why_not()}")
+    model = tiny("qwen2")
+    torch.manual_seed(3)
+    prompts = torch.randint(3, 90, (2, 21))
+    pmask = torch.ones_like(prompts)
+    pmask[1, :5] = 0  # left padding in the second prompt
+    steps = torch.randint(3, 90, (6, 8))
+    outs = []
+    for kernels in (True, False):
+        dec = LeanDecoder(model, kernels=kernels)
+        dec.allocate(2, 21 + 8)
+        dec.forward(prompts, (pmask.cumsum(-1) - 1).clamp(min=0), pmask, 0)
+        dec.repeat_rows(3)
+        mask = pmask.repeat_interleave(3, 0)
+        rows = torch.arange(6)
+        got = []
+        for t in range(8):
+            if t == 3:  # rows 0 (group 0's source) and 4 finish
+                keep = torch.tensor([1, 2, 3, 5])
+                dec.keep_rows(keep, mask.shape[1])
+                rows, mask = rows[keep], mask[keep]
+                if kernels:
+                    assert dec.src is not None and dec.src.tolist() == [0, 0, 2, 2]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype)], 1)
+            pos = mask.sum(-1, keepdim=True) - 1
+            got.append(dec.forward(steps[rows, t : t + 1], pos, mask, 21 + t))
+        outs.append(torch.cat(got))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5), (outs[0] - outs[1]).abs().max()
+
+
 def test_decoder_without_kernels_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """OPENRFT_CPU_KERNELS=0 (or no compiler) leaves the PyTorch step, which still decodes."""
     monkeypatch.setattr(cpu_kernels, "_state", {})

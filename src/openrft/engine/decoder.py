@@ -168,6 +168,10 @@ class LeanDecoder:
         self.v: list[torch.Tensor] = []
         self.rows = 0
         self.cos = self.sin = torch.empty(0)
+        self.written = 0  # cache columns written so far
+        # shared prompts (see repeat_rows): row i's first `shared` columns equal row src[i]'s
+        self.shared = 0
+        self.src: torch.Tensor | None = None
 
     def refresh(self) -> None:
         """Re-read every weight from the model (call after its weights changed in place)."""
@@ -186,6 +190,8 @@ class LeanDecoder:
         self.k = [torch.zeros((rows, kv, d, length), dtype=dt, device=dev) for _ in self.layers]
         self.v = [torch.zeros((rows, kv, length, d), dtype=dt, device=dev) for _ in self.layers]
         self.rows = rows
+        self.written = self.shared = 0
+        self.src = None
         pos = torch.arange(length, device=dev)[None, :]
         probe = torch.zeros((), dtype=self.dtype, device=dev)
         cos, sin = self.rotary(probe, pos)  # [1, length, D], as transformers computes them
@@ -195,10 +201,15 @@ class LeanDecoder:
         self.sin = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1)
 
     def repeat_rows(self, times: int) -> None:
-        """Row i becomes rows [i*times, (i+1)*times): a prompt's cache shared by its group."""
+        """Row i becomes rows [i*times, (i+1)*times): a prompt's cache shared by its group.
+
+        The copies keep the PyTorch path simple; the fused attention reads the columns written
+        so far (the prompts) from each group's first row only (`src`), so they stay in cache."""
         self.k = [k.repeat_interleave(times, 0) for k in self.k]
         self.v = [v.repeat_interleave(times, 0) for v in self.v]
         self.rows *= times
+        self.shared = self.written
+        self.src = torch.arange(self.rows, device=self.device) // times * times
 
     def keep_rows(self, keep: torch.Tensor, used: int) -> None:
         """Keep only rows `keep` (in that order); only the first `used` columns are copied."""
@@ -208,6 +219,12 @@ class LeanDecoder:
         for v in self.v:
             v[:n, :, :used] = v[keep, :, :used]
         self.rows = n
+        if self.src is not None:  # each kept row reads its prompt from the first kept row of its group
+            group = self.src[keep.to(self.device)]  # the old source row names the group
+            first = torch.full_like(self.src, n).scatter_reduce_(
+                0, group, torch.arange(n, device=self.device), "amin"
+            )
+            self.src = first[group]
 
     # -- forward ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -216,6 +233,7 @@ class LeanDecoder:
         [col, col + T); `key_mask` [R, col + T] marks real (non-pad) keys. Returns the fp32
         logits of the last token [R, V]. R must equal the current `rows`."""
         r, t = ids.shape
+        self.written = max(self.written, col + t)
         if t == 1 and self.ops is not None:
             return self._step(ids[:, 0], pos[:, 0].contiguous(), key_mask, col)
         s = col + t
@@ -274,7 +292,7 @@ class LeanDecoder:
             q = ops.rope_write(
                 ly.qkv(h), pos, self.cos, self.sin, self.k[i], self.v[i], col, self.n_q, self.n_kv, self.scale
             )
-            y = ly.o(ops.decode_attention(q, self.k[i], self.v[i], mask, s))
+            y = ly.o(ops.decode_attention(q, self.k[i], self.v[i], mask, s, self.src, self.shared))
             h = ops.add_rms_norm(x, y, ly.ln2, self.eps, dt)
             y = ly.down(ops.silu_mul(ly.gate_up(h)))
         return self.lm_head(ops.add_rms_norm(x, y, self.norm, self.eps, dt)).float()

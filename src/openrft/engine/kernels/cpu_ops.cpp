@@ -304,14 +304,14 @@ inline void scores16(const float* qf, int64_t d, const S* k, int64_t len, int64_
   for (int a = 0; a < NR; ++a) std::memcpy(score + a * s + t0, &acc[a], sizeof(vf));
 }
 
-// out[a][c0 .. c0 + 16 NB) = sum_t p[a][t] v[t][...] for NR heads: values are read once per
-// column and the NR x NB accumulators stay in registers.
+// out[a][c0 .. c0 + 16 NB) += sum_t p[a][t] v[t][...] over columns [t_begin, t_end), for NR
+// heads: values are read once per column and the NR x NB accumulators stay in registers.
 template <int NR, int NB, typename S>
-inline void values(const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* acc_out) {
+inline void values(const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* acc_out,
+                   int64_t t_begin, int64_t t_end) {
   vf acc[NR][NB];
-  for (int a = 0; a < NR; ++a)
-    for (int c = 0; c < NB; ++c) acc[a][c] = vf{};
-  for (int64_t t = 0; t < s; ++t) {
+  for (int a = 0; a < NR; ++a) std::memcpy(acc[a], acc_out + a * d + c0, NB * sizeof(vf));
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const S* vr = v + t * d + c0;
     vf vv[NB];
     for (int c = 0; c < NB; ++c) vv[c] = load16(vr + c * W);
@@ -324,19 +324,33 @@ inline void values(const float* p, int64_t s, const S* v, int64_t d, int64_t c0,
 }
 
 template <int NB, typename S>
-inline void values_heads(int nr, const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* out) {
+inline void values_heads(int nr, const float* p, int64_t s, const S* v, int64_t d, int64_t c0, float* out,
+                         int64_t t0, int64_t t1) {
   switch (nr) {
-    case 1: values<1, NB>(p, s, v, d, c0, out); break;
-    case 2: values<2, NB>(p, s, v, d, c0, out); break;
-    case 3: values<3, NB>(p, s, v, d, c0, out); break;
-    default: values<4, NB>(p, s, v, d, c0, out); break;
+    case 1: values<1, NB>(p, s, v, d, c0, out, t0, t1); break;
+    case 2: values<2, NB>(p, s, v, d, c0, out, t0, t1); break;
+    case 3: values<3, NB>(p, s, v, d, c0, out, t0, t1); break;
+    default: values<4, NB>(p, s, v, d, c0, out, t0, t1); break;
   }
 }
 
+// out[a][:] += p[a][t_begin:t_end] V[t_begin:t_end] for nr heads (accumulation order: t).
 template <typename S>
-void score_heads(int nr, const float* qf, int64_t d, const S* k, int64_t len, float* score, int64_t s) {
-  const int64_t s16 = s - s % W;
-  for (int64_t t0 = 0; t0 < s16; t0 += W) {
+void value_heads(int nr, const float* p, int64_t s, const S* v, int64_t d, float* out, int64_t t0, int64_t t1) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * W <= d; c0 += 4 * W) values_heads<4, S>(nr, p, s, v, d, c0, out, t0, t1);
+  for (; c0 + W <= d; c0 += W) values_heads<1, S>(nr, p, s, v, d, c0, out, t0, t1);
+  for (int a = 0; a < nr; ++a)  // the last d % 16 dimensions
+    for (int64_t j = c0; j < d; ++j)
+      for (int64_t t = t0; t < t1; ++t) out[a * d + j] += p[a * s + t] * Io<S>::get(v[t * d + j]);
+}
+
+// score[a][t] for columns [t_begin, t_end), 16 at a time, then the rest one by one.
+template <typename S>
+void score_heads(int nr, const float* qf, int64_t d, const S* k, int64_t len, float* score, int64_t s,
+                 int64_t t_begin, int64_t t_end) {
+  int64_t t0 = t_begin;
+  for (; t0 + W <= t_end; t0 += W) {
     switch (nr) {
       case 1: scores16<1>(qf, d, k, len, t0, score, s); break;
       case 2: scores16<2>(qf, d, k, len, t0, score, s); break;
@@ -344,8 +358,8 @@ void score_heads(int nr, const float* qf, int64_t d, const S* k, int64_t len, fl
       default: scores16<4>(qf, d, k, len, t0, score, s); break;
     }
   }
-  for (int a = 0; a < nr; ++a)  // the last s % 16 columns
-    for (int64_t t = s16; t < s; ++t) {
+  for (int a = 0; a < nr; ++a)
+    for (int64_t t = t0; t < t_end; ++t) {
       float x = 0.f;
       for (int64_t j = 0; j < d; ++j) x += qf[a * d + j] * Io<S>::get(k[j * len + t]);
       score[a * s + t] = x;
@@ -356,14 +370,28 @@ void score_heads(int nr, const float* qf, int64_t d, const S* k, int64_t len, fl
 // head. q [R, nq, D] (pre-scaled); kc [>=R, nkv, D, L]; vc [>=R, nkv, L, D]; mask [R, s]
 // additive (0 or -inf). Returns [R, nq * D]. Rounds the scores, the probabilities and the
 // output to the model dtype, as bf16 matmuls and a float32 softmax cast back do.
+//
+// Shared prompts: when `src` [R] is given, row i reads cache columns [0, shared) from row
+// src[i] (rows whose prompt is the same hold the same prompt columns). Rows are split between
+// threads in order, so the rows of one group run on one thread back to back and their prompt's
+// keys and values come from L2 instead of DRAM after the first row: the decode step's cache
+// reads drop by up to (G - 1) / G of the prompt's share. Results are identical either way.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
-                            const at::Tensor& mask, int64_t s) {
+                            const at::Tensor& mask, int64_t s, const std::optional<at::Tensor>& src,
+                            int64_t shared) {
   const int64_t r = q.size(0), nq = q.size(1), d = q.size(2);
   const int64_t nkv = kc.size(1), len = kc.size(3), rep = nq / nkv;
   TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() && mask.is_contiguous(),
               "contiguous inputs");
   TORCH_CHECK(nq % nkv == 0 && kc.size(2) == d && s <= len && mask.size(0) == r && mask.size(1) == s,
               "shapes");
+  const int64_t* sp = nullptr;
+  if (src.has_value()) {
+    TORCH_CHECK(src->scalar_type() == at::kLong && src->is_contiguous() && src->numel() == r, "src: int64 [R]");
+    sp = src->data_ptr<int64_t>();
+    for (int64_t i = 0; i < r; ++i) TORCH_CHECK(sp[i] >= 0 && sp[i] < kc.size(0), "src row out of range");
+  }
+  const int64_t sh = sp != nullptr ? std::min(std::max<int64_t>(shared, 0), s) : 0;
   auto out = at::empty({r, nq * d}, q.options());
   dispatch(q.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
@@ -376,14 +404,18 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
       std::vector<float> score(rep * s), acc(rep * d), qf(rep * d);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i = task / nkv, g = task % nkv;
+        const int64_t si = sp != nullptr ? sp[i] : i;
         const S* k = kp + (i * nkv + g) * d * len;
         const S* v = vp + (i * nkv + g) * len * d;
+        const S* ks = kp + (si * nkv + g) * d * len;  // the shared prompt columns
+        const S* vs = vp + (si * nkv + g) * len * d;
         const S* m = mp + i * s;
         for (int64_t a = 0; a < rep; ++a)
           for (int64_t j = 0; j < d; ++j) qf[a * d + j] = Io<S>::get(qp[(i * nq + g * rep + a) * d + j]);
         for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // scores = q K^T, keys read as stored ([D, L])
           const int nr = static_cast<int>(std::min<int64_t>(4, rep - a0));
-          score_heads<S>(nr, qf.data() + a0 * d, d, k, len, score.data() + a0 * s, s);
+          score_heads<S>(nr, qf.data() + a0 * d, d, ks, len, score.data() + a0 * s, s, 0, sh);
+          score_heads<S>(nr, qf.data() + a0 * d, d, k, len, score.data() + a0 * s, s, sh, s);
         }
         for (int64_t a = 0; a < rep; ++a) {  // float32 softmax of the rounded, masked scores
           float* sa = score.data() + a * s;
@@ -395,19 +427,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
           const float inv = 1.f / sum_lanes(sa, s);
           for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(sa[t] * inv);
         }
+        std::fill(acc.begin(), acc.end(), 0.f);
         for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // out = p V
           const int nr = static_cast<int>(std::min<int64_t>(4, rep - a0));
-          const float* pa = score.data() + a0 * s;
-          float* oa = acc.data() + a0 * d;
-          int64_t c0 = 0;
-          for (; c0 + 4 * W <= d; c0 += 4 * W) values_heads<4, S>(nr, pa, s, v, d, c0, oa);
-          for (; c0 + W <= d; c0 += W) values_heads<1, S>(nr, pa, s, v, d, c0, oa);
-          for (int a = 0; a < nr; ++a)  // the last d % 16 dimensions
-            for (int64_t j = c0; j < d; ++j) {
-              float x = 0.f;
-              for (int64_t t = 0; t < s; ++t) x += pa[a * s + t] * Io<S>::get(v[t * d + j]);
-              oa[a * d + j] = x;
-            }
+          value_heads<S>(nr, score.data() + a0 * s, s, vs, d, acc.data() + a0 * d, 0, sh);
+          value_heads<S>(nr, score.data() + a0 * s, s, v, d, acc.data() + a0 * d, sh, s);
         }
         for (int64_t a = 0; a < rep; ++a)
           for (int64_t j = 0; j < d; ++j) op[(i * nq + g * rep + a) * d + j] = Io<S>::put(acc[a * d + j]);
@@ -508,7 +532,7 @@ TORCH_LIBRARY(openrft_cpu, m) {
   m.def(
       "rope_write(Tensor qkv, Tensor pos, Tensor cos, Tensor sin, Tensor(a!) kc, Tensor(b!) vc, int col, "
       "int nq, int nkv, float scale) -> Tensor");
-  m.def("decode_attention(Tensor q, Tensor kc, Tensor vc, Tensor mask, int s) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor kc, Tensor vc, Tensor mask, int s, Tensor? src, int shared) -> Tensor");
   m.def("silu_mul(Tensor gu) -> Tensor");
   m.def("head_stats(Tensor z, Tensor target, float inv_temp, bool grad) -> Tensor[]");
 }
