@@ -299,6 +299,9 @@ inline void scores16(const float* qf, int64_t d, const S* k, int64_t len, int64_
   for (int a = 0; a < NR; ++a) acc[a] = vf{} ;
   for (int64_t j = 0; j < d; ++j) {
     const vf kv = load16(k + j * len + t0);
+    // the D key rows are D interleaved streams, more than the hardware prefetcher follows:
+    // ask for the block after next of each row while this one is in use
+    __builtin_prefetch(k + j * len + t0 + 4 * W);
     for (int a = 0; a < NR; ++a) acc[a] += qf[a * d + j] * kv;
   }
   for (int a = 0; a < NR; ++a) std::memcpy(score + a * s + t0, &acc[a], sizeof(vf));
