@@ -232,11 +232,20 @@ def test_policy_logps_equal_the_models_own_logits(fp32_policy: torch.nn.Module) 
     assert torch.allclose(got[m], ref[m], atol=1e-5) and torch.allclose(ent[m], ref_ent[m], atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpu-kernel", "pytorch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_grouped_attention_equals_eager_attention_with_gradients(dtype: torch.dtype) -> None:
+def test_grouped_attention_equals_eager_attention_with_gradients(
+    dtype: torch.dtype, kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The registered grouped attention gives transformers' eager results: outputs and LoRA
-    gradients, with left padding, in fp32 and bf16."""
+    gradients, with left padding, in fp32 and bf16, with the C++ masked softmax or without."""
+    from openrft.engine import attention
     from openrft.engine.attention import NAME, use_grouped_attention
+
+    if kernel and cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    if not kernel:
+        monkeypatch.setattr(attention, "_softmax_kernel", lambda *a: None)
 
     model = policy("bfloat16" if dtype == torch.bfloat16 else "float32")
     lm = causal_lm(model)
@@ -257,6 +266,31 @@ def test_grouped_attention_equals_eager_attention_with_gradients(dtype: torch.dt
     for p, q in zip(ga, gb, strict=True):
         assert torch.allclose(p, q, atol=tol, rtol=10 * tol)
     assert use_grouped_attention(model.get_base_model())
+
+
+def test_masked_softmax_kernel_rounds_where_the_pytorch_ops_do() -> None:
+    """bf16: the C++ forward equals scaling, mask, float32 softmax and cast, and its backward
+    equals autograd through them, to the last bit but for the odd 1-ulp exp difference."""
+    from openrft.engine.attention import _MaskedSoftmax
+
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    torch.manual_seed(0)
+    b, kv, rep, t, s = 2, 3, 2, 5, 37  # 37 keys: two 16-lane blocks and a tail
+    w = (torch.randn(b, kv, rep * t, s) * 4).to(torch.bfloat16)
+    mask = torch.zeros(b, 1, t, s, dtype=torch.bfloat16)
+    mask[0, :, :, :6] = torch.finfo(torch.bfloat16).min  # transformers' masked value
+    up = torch.randn(b, kv, rep * t, s).to(torch.bfloat16)
+    x = w.clone().requires_grad_(True)
+    ref = torch.softmax(x.view(b, kv, rep, t, s) * 0.125 + mask[:, :, None], -1, dtype=torch.float32)
+    ref = ref.to(torch.bfloat16).view_as(w)
+    (ref.float() * up.float()).sum().backward()
+    y = w.clone().requires_grad_(True)
+    got = _MaskedSoftmax.apply(y, mask, 0.125, t)
+    (got.float() * up.float()).sum().backward()
+    assert (got.float() - ref.float()).abs().max() <= 2**-8  # at most one bf16 ulp below 1
+    assert (got != ref).float().mean() < 0.01
+    assert torch.allclose(y.grad.float(), x.grad.float(), atol=2e-3, rtol=1e-2)  # type: ignore[union-attr]
 
 
 def test_two_level_sampler_has_the_right_distribution() -> None:

@@ -528,6 +528,101 @@ std::vector<at::Tensor> head_stats(const at::Tensor& z, const at::Tensor& target
   return {logp, ent, lse, pm};
 }
 
+// The middle of eager attention in training, forward: p = softmax(round(round(w * scaling) +
+// mask)) in float32 over the last dim, returned as float32 (kept for the backward, as
+// PyTorch's softmax keeps its output) and rounded to w's dtype (the value matmul's operand).
+// w [B, KV, REP * T, S] contiguous (the grouped q k^T); mask [B, 1, T, S] additive or absent;
+// query row r of a head reads mask row r % T. Replaces a product, a sum, the softmax and a
+// cast, each a full pass over [B, H, T, S].
+std::vector<at::Tensor> attn_softmax_fwd(const at::Tensor& w, const std::optional<at::Tensor>& mask,
+                                         double scaling, int64_t t) {
+  TORCH_CHECK(w.dim() == 4 && w.is_contiguous() && t > 0 && w.size(2) % t == 0,
+              "w: contiguous [B, KV, REP*T, S]");
+  const int64_t b = w.size(0), per_b = w.size(1) * w.size(2), s = w.size(3);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->dim() == 4 && mask->is_contiguous() && mask->size(0) == b && mask->size(2) == t &&
+                    mask->size(3) == s && mask->scalar_type() == w.scalar_type(),
+                "mask: contiguous [B, 1, T, S] in w's dtype");
+  }
+  auto p32 = at::empty(w.sizes(), w.options().dtype(at::kFloat));
+  auto p = at::empty(w.sizes(), w.options());
+  const float sc = static_cast<float>(scaling);
+  dispatch(w.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* wp = ptr<S>(w);
+    const S* mp = mask.has_value() ? ptr<S>(*mask) : nullptr;
+    float* qp = p32.data_ptr<float>();
+    S* op = ptr<S>(p);
+    at::parallel_for(0, b * per_b, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const S* x = wp + r * s;
+        float* y = qp + r * s;
+        const S* m = mp != nullptr ? mp + ((r / per_b) * t + (r % per_b) % t) * s : nullptr;
+        int64_t j = 0;
+        for (; j + W <= s; j += W) {
+          const vf v = round16(load16(x + j) * sc, S{});
+          store16(y + j, m != nullptr ? round16(v + load16(m + j), S{}) : v);
+        }
+        for (; j < s; ++j) {
+          const float v = Io<S>::round(Io<S>::get(x[j]) * sc);
+          y[j] = m != nullptr ? Io<S>::round(v + Io<S>::get(m[j])) : v;
+        }
+        const float mx = max_scaled(y, s, 1.f);
+        j = 0;
+        for (; j + W <= s; j += W) store16(y + j, exp_v(load16(y + j) - mx));
+        for (; j < s; ++j) y[j] = exp_f(y[j] - mx);
+        const float inv = 1.f / sum_lanes(y, s);
+        S* o = op + r * s;
+        j = 0;
+        for (; j + W <= s; j += W) {
+          const vf e = load16(y + j) * inv;
+          store16(y + j, e);
+          store16(o + j, e);
+        }
+        for (; j < s; ++j) {
+          y[j] *= inv;
+          o[j] = Io<S>::put(y[j]);
+        }
+      }
+    });
+  });
+  return {p32, p};
+}
+
+// Its backward: dw = round(round(p * (g - sum(g * p))) * scaling), p the float32 softmax, g the
+// gradient of the rounded probabilities; the rounding points are those of autograd through the
+// PyTorch forward (the softmax input's cast, then the scaling product).
+at::Tensor attn_softmax_bwd(const at::Tensor& g, const at::Tensor& p32, double scaling) {
+  TORCH_CHECK(g.is_contiguous() && p32.is_contiguous() && g.sizes() == p32.sizes(), "g, p: same contiguous shape");
+  TORCH_CHECK(p32.scalar_type() == at::kFloat, "p: float32");
+  const int64_t s = g.size(-1), rows = g.numel() / s;
+  auto dw = at::empty(g.sizes(), g.options());
+  const float sc = static_cast<float>(scaling);
+  dispatch(g.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* gp = ptr<S>(g);
+    const float* pp = p32.data_ptr<float>();
+    S* op = ptr<S>(dw);
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const S* gr = gp + r * s;
+        const float* pr = pp + r * s;
+        S* o = op + r * s;
+        vf acc{};
+        int64_t j = 0;
+        for (; j + W <= s; j += W) acc += load16(gr + j) * load16(pr + j);
+        float dot = hsum(acc);
+        for (; j < s; ++j) dot += Io<S>::get(gr[j]) * pr[j];
+        j = 0;
+        for (; j + W <= s; j += W)
+          store16(o + j, round16(load16(pr + j) * (load16(gr + j) - dot), S{}) * sc);
+        for (; j < s; ++j) o[j] = Io<S>::put(Io<S>::round(pr[j] * (Io<S>::get(gr[j]) - dot)) * sc);
+      }
+    });
+  });
+  return dw;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(openrft_cpu, m) {
@@ -538,6 +633,8 @@ TORCH_LIBRARY(openrft_cpu, m) {
   m.def("decode_attention(Tensor q, Tensor kc, Tensor vc, Tensor mask, int s, Tensor? src, int shared) -> Tensor");
   m.def("silu_mul(Tensor gu) -> Tensor");
   m.def("head_stats(Tensor z, Tensor target, float inv_temp, bool grad) -> Tensor[]");
+  m.def("attn_softmax_fwd(Tensor w, Tensor? mask, float scaling, int t) -> Tensor[]");
+  m.def("attn_softmax_bwd(Tensor g, Tensor p32, float scaling) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
@@ -546,4 +643,6 @@ TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("silu_mul", &silu_mul);
   m.impl("head_stats", &head_stats);
+  m.impl("attn_softmax_fwd", &attn_softmax_fwd);
+  m.impl("attn_softmax_bwd", &attn_softmax_bwd);
 }
