@@ -1,14 +1,17 @@
-"""The fused C++ kernels of the CPU decode step (kernels/cpu_ops.cpp), built on first use.
+"""OpenRFT's fused C++ CPU kernels (kernels/cpu_ops.cpp), built on first use.
 
-They are compiled with torch's cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the
-first time a process asks for them, ~30 s, and cached in torch's extension directory, keyed by
-the source, the flags and this CPU's vector capability. Where there is no compiler or the build
-fails, `load()` returns None, says why once, and LeanDecoder keeps its PyTorch path (the same
+Users: LeanDecoder's one-token decode step (decoder.py), the chunked head's softmax statistics
+(logprobs.py) and the training attention's masked softmax (attention.py). They are compiled
+with torch's cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the first time a
+process asks for them (~15 s here) and cached in torch's extension directory, keyed by the
+source, the compiler flags and this CPU's features. Where there is no compiler or the build
+fails, `load()` returns None, says why once, and each user keeps its PyTorch path (the same
 function, slower). `OPENRFT_CPU_KERNELS=0` turns them off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -36,6 +39,21 @@ def why_not() -> str | None:
     return _state.get("why")
 
 
+def _cpu_tag() -> str:
+    """Names the build after this CPU's vector capability and feature flags: the library is
+    compiled with -march=native, so a cache shared with another CPU must not load it."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    digest = hashlib.sha1(flags.encode()).hexdigest()[:8]
+    return f"{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
+
+
 def _build() -> tuple[Any | None, str | None]:
     if os.environ.get("OPENRFT_CPU_KERNELS") == "0":
         return None, "OPENRFT_CPU_KERNELS=0"
@@ -44,11 +62,10 @@ def _build() -> tuple[Any | None, str | None]:
     try:
         from torch.utils import cpp_extension
 
-        capability = torch.backends.cpu.get_cpu_capability().lower()  # e.g. avx512: -march=native
-        name = f"openrft_cpu_cpu_{capability}"
+        name = f"openrft_cpu_ops_{_cpu_tag()}"
         built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
         if not built.exists():
-            print("openrft: building the CPU decode kernels (once, ~30 s) ...", file=sys.stderr, flush=True)
+            print("openrft: building the CPU kernels (once, ~15 s) ...", file=sys.stderr, flush=True)
         cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],
