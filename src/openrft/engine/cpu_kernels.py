@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def _cpu_tag() -> str:
     return f"{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
 
 
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; a venv used without activation has pip's ninja off PATH."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build() -> tuple[Any | None, str | None]:
     if os.environ.get("OPENRFT_CPU_KERNELS") == "0":
         return None, "OPENRFT_CPU_KERNELS=0"
@@ -61,6 +72,8 @@ def _build() -> tuple[Any | None, str | None]:
         return torch.ops.openrft_cpu, None  # already loaded in this process
     try:
         from torch.utils import cpp_extension
+
+        _ninja_on_path()
 
         name = f"openrft_cpu_ops_{_cpu_tag()}"
         built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
