@@ -139,9 +139,8 @@ class LeanDecoder:
         fits = self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
         self.ops = cpu_kernels.load() if fits and kernels is not False else None
         if kernels and self.ops is None:
-            raise ValueError(
-                f"CPU decode kernels requested but unavailable: {cpu_kernels.why_not() or 'shape'}"
-            )
+            why = cpu_kernels.why_not() if fits else f"{self.dtype} on {self.device.type}, not CPU fp32/bf16"
+            raise ValueError(f"CPU decode kernels requested but unavailable: {why}")
 
         def lin(*mods: torch.nn.Linear) -> _Linear:
             return _Linear(list(mods), rows_hint, pack)

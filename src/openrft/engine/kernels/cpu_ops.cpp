@@ -1,5 +1,6 @@
-// Fused CPU kernels (loaded by cpu_kernels.py): LeanDecoder's one-token decode step, and the
-// softmax statistics of the chunked head in logprobs.py.
+// Fused CPU kernels (loaded by cpu_kernels.py): LeanDecoder's one-token decode step, the
+// chunked head's softmax statistics (logprobs.py) and the training attention's masked softmax
+// (attention.py).
 //
 // Why by hand: at GRPO's decode shape (16 rows, one token) each of the ~25 small PyTorch ops
 // around a layer's four matmuls costs 5-30 us of dispatch, allocation and thread fork/join
@@ -207,7 +208,7 @@ float sum_exp(const S* x, int64_t n, float scale, float shift) {
 at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const at::Tensor& w,
                         double eps, at::ScalarType dtype) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2, "x: fp32 [N, H]");
-  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous(), "w: fp32 [H]");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == x.size(1), "w: fp32 [H]");
   const int64_t n = x.size(0), h = x.size(1);
   auto out = at::empty({n, h}, x.options().dtype(dtype));
   dispatch(dtype, [&](auto tag) {
@@ -250,8 +251,15 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Te
   TORCH_CHECK(col >= 0 && col < len && vc.size(2) == len, "cache column out of range");
   TORCH_CHECK(pos.scalar_type() == at::kLong && pos.is_contiguous() && pos.numel() == r, "pos: int64 [R]");
   TORCH_CHECK(d % 2 == 0 && d <= 1024, "head_dim: even, at most 1024");
+  TORCH_CHECK(kc.size(0) >= r && kc.size(1) == nkv && vc.size(0) >= r && vc.size(1) == nkv && vc.size(3) == d,
+              "cache shapes");
+  TORCH_CHECK(kc.scalar_type() == qkv.scalar_type() && vc.scalar_type() == qkv.scalar_type() &&
+                  cos.scalar_type() == qkv.scalar_type() && sin.scalar_type() == qkv.scalar_type(),
+              "one dtype for qkv, the cache and the tables");
+  TORCH_CHECK(cos.size(-1) == d && sin.sizes() == cos.sizes(), "tables: [L, D]");
   auto q = at::empty({r, nq, d}, qkv.options());
   const int64_t* pp = pos.data_ptr<int64_t>();
+  for (int64_t i = 0; i < r; ++i) TORCH_CHECK(pp[i] >= 0 && pp[i] < cos.size(0), "position out of table");
   const float sc = static_cast<float>(scale);
   dispatch(qkv.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
@@ -388,6 +396,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
               "contiguous inputs");
   TORCH_CHECK(nq % nkv == 0 && kc.size(2) == d && s <= len && mask.size(0) == r && mask.size(1) == s,
               "shapes");
+  TORCH_CHECK(kc.size(0) >= r && vc.size(0) >= r && vc.size(1) == nkv && vc.size(2) == len && vc.size(3) == d,
+              "cache shapes");
+  TORCH_CHECK(kc.scalar_type() == q.scalar_type() && vc.scalar_type() == q.scalar_type() &&
+                  mask.scalar_type() == q.scalar_type(),
+              "one dtype for q, the cache and the mask");
   const int64_t* sp = nullptr;
   if (src.has_value()) {
     TORCH_CHECK(src->scalar_type() == at::kLong && src->is_contiguous() && src->numel() == r, "src: int64 [R]");
