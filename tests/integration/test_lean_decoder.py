@@ -99,7 +99,7 @@ def test_bf16_lean_decoder_is_at_least_as_close_to_fp32_as_transformers_bf16() -
 
 
 # head_dim 16 with 2 query heads per KV head; head_dim 64 with 5 (the kernels' 64-wide value
-# blocks, and query heads in blocks of 4 then 1); 21-30 keys (16-column blocks plus a tail)
+# blocks, and query heads in blocks of 4 then 1); 10-21 keys (a 16-column block plus a tail)
 KERNEL_SHAPES = [
     {},
     {"hidden_size": 320, "num_attention_heads": 5, "num_key_value_heads": 1, "intermediate_size": 160},
