@@ -39,22 +39,31 @@ inline uint16_t f_to_bf16(float f) {  // round to nearest even, as c10::BFloat16
 // be): x = k ln2 + r with |r| <= ln2 / 2 (Cody-Waite), exp(r) by Cephes' expf polynomial
 // (< 2 ulp, as accurate as the SLEEF exp PyTorch uses after rounding to bf16), times 2^k built
 // in the exponent bits. Below -87.3 (under FLT_MIN, and -inf) it returns 0.
-inline float exp_f(float x) {
-  const float xc = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
-  float r = xc - k * 0.693359375f;
+// exp(r) for |r| <= ln2 / 2 after the reduction x = k ln2 + r, on a float or on 16 lanes: one
+// source for the constants, so exp_f and exp_v compute the same thing.
+template <typename T>
+inline T exp_reduced(T xc, T k) {
+  T r = xc - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  T p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
+  return p * r * r + r + 1.f;
+}
+template <typename T>
+inline T round_k(T xc) {  // k = round(x / ln2), to nearest
+  return (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+}
+
+inline float exp_f(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.7f);
+  const float k = round_k(xc);
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.3f ? 0.f : p * scale;
+  return x < -87.3f ? 0.f : exp_reduced(xc, k) * scale;
 }
 
 // Element access for the two supported storage types: float, and bf16 held as uint16_t.
@@ -132,20 +141,11 @@ inline vf round16(vf v, uint16_t) {
 inline vf exp_v(vf x) {
   vf xc = x < -87.3f ? splat(-87.3f) : x;
   xc = xc > 88.7f ? splat(88.7f) : xc;
-  const vf k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  vf r = xc - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
+  const vf k = round_k(xc);
   const vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
   vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.3f ? vf{} : p * scale;
+  return x < -87.3f ? vf{} : exp_reduced(xc, k) * scale;
 }
 
 inline float hsum(vf v) {
@@ -193,6 +193,14 @@ inline float sum_lanes(const float* x, int64_t n) {
   float r = hsum(acc);
   for (; j < n; ++j) r += x[j];
   return r;
+}
+// y[t] = exp(y[t] - max y) in place; returns 1 / sum y (the softmax's normaliser).
+inline float exp_shifted_inplace(float* y, int64_t n) {
+  const float mx = max_scaled(y, n, 1.f);
+  int64_t t = 0;
+  for (; t + W <= n; t += W) store16(y + t, exp_v(load16(y + t) - mx));
+  for (; t < n; ++t) y[t] = exp_f(y[t] - mx);
+  return 1.f / sum_lanes(y, n);
 }
 template <typename S>
 float sum_exp(const S* x, int64_t n, float scale, float shift) {
@@ -436,11 +444,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
         for (int64_t a = 0; a < rep; ++a) {  // float32 softmax of the rounded, masked scores
           float* sa = score.data() + a * s;
           for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(Io<S>::round(sa[t]) + Io<S>::get(m[t]));
-          const float mx = max_scaled(sa, s, 1.f);
-          int64_t t = 0;
-          for (; t + W <= s; t += W) store16(sa + t, exp_v(load16(sa + t) - mx));
-          for (; t < s; ++t) sa[t] = exp_f(sa[t] - mx);
-          const float inv = 1.f / sum_lanes(sa, s);
+          const float inv = exp_shifted_inplace(sa, s);
           for (int64_t t = 0; t < s; ++t) sa[t] = Io<S>::round(sa[t] * inv);
         }
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -580,11 +584,7 @@ std::vector<at::Tensor> attn_softmax_fwd(const at::Tensor& w, const std::optiona
           const float v = Io<S>::round(Io<S>::get(x[j]) * sc);
           y[j] = m != nullptr ? Io<S>::round(v + Io<S>::get(m[j])) : v;
         }
-        const float mx = max_scaled(y, s, 1.f);
-        j = 0;
-        for (; j + W <= s; j += W) store16(y + j, exp_v(load16(y + j) - mx));
-        for (; j < s; ++j) y[j] = exp_f(y[j] - mx);
-        const float inv = 1.f / sum_lanes(y, s);
+        const float inv = exp_shifted_inplace(y, s);
         S* o = op + r * s;
         j = 0;
         for (; j + W <= s; j += W) {
