@@ -1,8 +1,9 @@
-"""OpenRFT's fused C++ CPU kernels (kernels/cpu_ops.cpp), built on first use.
+"""OpenRFT's fused C++ CPU kernels (kernels/*.cpp), built on first use.
 
-Users: LeanDecoder's one-token decode step (decoder.py), the chunked head's softmax statistics
-(logprobs.py) and the training attention's masked softmax (attention.py). They are compiled
-with torch's cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the first time a
+Users: LeanDecoder's one-token decode step and its bf16 matmuls (decoder.py; the matmul needs
+AVX512-BF16 and is absent elsewhere), the chunked head's softmax statistics (logprobs.py) and
+the training attention's masked softmax (attention.py). They are compiled with torch's
+cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the first time a
 process asks for them (~15 s here) and cached in torch's extension directory, keyed by the
 source, the compiler flags and this CPU's features. Where there is no compiler or the build
 fails, `load()` returns None, says why once, and each user keeps its PyTorch path (the same
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_ops.cpp"
+KERNELS = Path(__file__).resolve().parent / "kernels"
+SOURCES = [KERNELS / "cpu_ops.cpp", KERNELS / "bf16_gemm.cpp"]
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
 
@@ -81,7 +83,7 @@ def _build() -> tuple[Any | None, str | None]:
             print("openrft: building the CPU kernels (once, ~15 s) ...", file=sys.stderr, flush=True)
         cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(p) for p in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from openrft.engine import cpu_kernels
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+GEMM_MAX_ROWS = 128  # the bf16 kernel's range (bench/decode_matmul.py: 1.9x at 1 row, 0.92x at 256)
 
 
 @dataclass
@@ -48,25 +49,42 @@ def _can_pack(dtype: torch.dtype) -> bool:
         return False
 
 
+def pack_bf16_weight(w: torch.Tensor) -> torch.Tensor:
+    """W [N, K] -> [ceil(N / 16), K / 2, 16, 2]: the operand layout of the `bf16_linear` kernel
+    (kernels/bf16_gemm.cpp), 16 output columns times a pair of k per 64-byte vector; columns
+    past N are zero."""
+    n, k = w.shape
+    blocks = -(-n // 16)
+    padded = torch.zeros((blocks * 16, k), dtype=w.dtype, device=w.device)
+    padded[:n] = w
+    return padded.view(blocks, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
 class _Linear:
-    """y = x W^T + b with W pre-packed into oneDNN's blocked layout when possible.
+    """y = x W^T + b with W laid out once per weight update for the fastest matmul available:
+    the AVX512-BF16 kernel's pair layout (`gemm`, bf16 on CPUs that have it), else oneDNN's
+    blocked layout (`pack`), else the plain weight.
 
     Why: packing once per weight update instead of handing oneDNN a plain weight on every call
-    makes the decode matmuls 1.4-1.7x faster here at 16-64 rows (same results bit for bit).
+    makes the decode matmuls 1.4-1.7x faster here at 16-64 rows (same results bit for bit), and
+    the bf16 kernel is another 1.3-1.5x at 16-32 rows (kernels/bf16_gemm.cpp says why).
     """
 
-    def __init__(self, sources: list[torch.nn.Linear], rows_hint: int, pack: bool) -> None:
+    def __init__(self, sources: list[torch.nn.Linear], rows_hint: int, pack: bool, gemm: Any = None) -> None:
         self.sources = sources
         self.rows_hint = rows_hint
-        self.pack = pack
+        self.gemm = gemm
+        self.pack = pack and gemm is None
         self.weight = torch.empty(0)
         self.bias: torch.Tensor | None = None
+        self.out_features = 0
         self.refresh()
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Re-read the source modules' weights (after they were updated in place)."""
         w = torch.cat([lin.weight for lin in self.sources], dim=0).contiguous()
+        self.out_features = w.shape[0]
         if any(lin.bias is not None for lin in self.sources):
             self.bias = torch.cat(
                 [
@@ -76,12 +94,38 @@ class _Linear:
                     for lin in self.sources
                 ]
             ).contiguous()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(w, self.rows_hint) if self.pack else w
+        if self.gemm is not None:
+            self.weight = pack_bf16_weight(w)
+            self.bias = self.bias.float() if self.bias is not None else None
+        else:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(w, self.rows_hint) if self.pack else w
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, f32: bool = False) -> torch.Tensor:
+        """x [..., K] -> [..., N], in float32 when `f32` (else the model dtype)."""
+        if self.gemm is not None and x.numel() > GEMM_MAX_ROWS * x.shape[-1]:
+            # a prefill: oneDNN's blocking is better at many rows (0.92x at 256 here), and the
+            # source modules' own weights serve it, so no second packed copy is held
+            y = torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.sources], dim=-1)
+            return y.float() if f32 else y
+        if self.gemm is not None:
+            y = self.gemm.bf16_linear(
+                x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.out_features, self.bias, f32
+            )
+            return y.view(*x.shape[:-1], self.out_features)
         if self.pack:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y.float() if f32 else y
+
+
+def _gemm_kernel(ops: Any, model: torch.nn.Module, dtype: torch.dtype) -> Any:
+    """The kernels when they hold the bf16 matmul (AVX512-BF16 CPUs) and every linear layer's
+    input width is even (the kernel's pair layout); else None."""
+    if ops is None or dtype != torch.bfloat16 or not hasattr(ops, "bf16_linear"):
+        return None
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return ops if all(k % 2 == 0 for k in widths) else None
 
 
 class LeanDecoder:
@@ -142,8 +186,10 @@ class LeanDecoder:
             why = cpu_kernels.why_not() if fits else f"{self.dtype} on {self.device.type}, not CPU fp32/bf16"
             raise ValueError(f"CPU decode kernels requested but unavailable: {why}")
 
+        gemm = _gemm_kernel(self.ops, model, self.dtype)
+
         def lin(*mods: torch.nn.Linear) -> _Linear:
-            return _Linear(list(mods), rows_hint, pack)
+            return _Linear(list(mods), rows_hint, pack, gemm)
 
         # the residual stream and the norms run in fp32 (transformers keeps the residual in the
         # model dtype): one cast per norm instead of four, and no bf16 rounding of the sum
@@ -274,7 +320,7 @@ class LeanDecoder:
             g, u = ly.gate_up(h).chunk(2, dim=-1)
             x.add_(ly.down(F.silu(g).mul_(u)))
         last = F.rms_norm(x[:, -1], hidden, self.norm, self.eps).to(self.dtype)
-        return self.lm_head(last).float()
+        return self.lm_head(last, f32=True)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, col: int) -> torch.Tensor:
         """`forward` for one token per row through the fused kernels: per layer, four matmuls and
@@ -294,7 +340,7 @@ class LeanDecoder:
             y = ly.o(ops.decode_attention(q, self.k[i], self.v[i], mask, s, self.src, self.shared))
             h = ops.add_rms_norm(x, y, ly.ln2, self.eps, dt)
             y = ly.down(ops.silu_mul(ly.gate_up(h)))
-        return self.lm_head(ops.add_rms_norm(x, y, self.norm, self.eps, dt)).float()
+        return self.lm_head(ops.add_rms_norm(x, y, self.norm, self.eps, dt), f32=True)
 
 
 def lean_decoder_for(model: Any) -> LeanDecoder | None:
