@@ -44,6 +44,7 @@ from openrft.engine.common import (
 )
 from openrft.engine.logprobs import grouped_completion_logps
 from openrft.engine.loop import open_run, restore, run_steps
+from openrft.engine.lora_fused import fused_lora
 from openrft.engine.losses import grpo_loss, normaliser
 from openrft.engine.precision import train_autocast
 from openrft.engine.rollout import sample_groups
@@ -91,47 +92,50 @@ def update_policy(
     sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0, "ent_n": 0.0, "tok": 0.0}
     grad_norm = 0.0
     model.train()
-    for it in range(g.num_iterations):
-        for start in range(0, len(rows), cfg.optim.micro_batch_size):
-            idx = rows[start : start + cfg.optim.micro_batch_size]
-            width = int(batch.completion_mask[idx].sum(-1).max())  # trim right padding of this micro-batch
-            cm = mask[idx, :width].to(device)  # [n, t]
-            args = micro_batch_inputs(batch, idx, width)
-            with train_autocast(model):
-                logp, ent = grouped_completion_logps(
-                    model, *args, temperature=g.temperature, with_entropy=it == 0
+    with fused_lora(model):  # one op per LoRA layer (lora_fused.py)
+        for it in range(g.num_iterations):
+            for start in range(0, len(rows), cfg.optim.micro_batch_size):
+                idx = rows[start : start + cfg.optim.micro_batch_size]
+                width = int(
+                    batch.completion_mask[idx].sum(-1).max()
+                )  # trim right padding of this micro-batch
+                cm = mask[idx, :width].to(device)  # [n, t]
+                args = micro_batch_inputs(batch, idx, width)
+                with train_autocast(model):
+                    logp, ent = grouped_completion_logps(
+                        model, *args, temperature=g.temperature, with_entropy=it == 0
+                    )
+                    ref = None
+                    if g.beta > 0:
+                        with torch.no_grad(), model.disable_adapter():
+                            ref, _ = grouped_completion_logps(model, *args, temperature=g.temperature)
+                old = batch.sampling_logps[idx, :width].to(device) if g.num_iterations > 1 else logp.detach()
+                parts = grpo_loss(
+                    logp,
+                    old,
+                    advantages[idx].to(device, logp.dtype),
+                    cm,
+                    loss_type=g.loss_type,
+                    epsilon_low=g.epsilon,
+                    epsilon_high=cfg.epsilon_high,
+                    max_new_tokens=g.max_new_tokens,
+                    total=total,
+                    beta=g.beta,
+                    ref_logp=ref,
                 )
-                ref = None
-                if g.beta > 0:
-                    with torch.no_grad(), model.disable_adapter():
-                        ref, _ = grouped_completion_logps(model, *args, temperature=g.temperature)
-            old = batch.sampling_logps[idx, :width].to(device) if g.num_iterations > 1 else logp.detach()
-            parts = grpo_loss(
-                logp,
-                old,
-                advantages[idx].to(device, logp.dtype),
-                cm,
-                loss_type=g.loss_type,
-                epsilon_low=g.epsilon,
-                epsilon_high=cfg.epsilon_high,
-                max_new_tokens=g.max_new_tokens,
-                total=total,
-                beta=g.beta,
-                ref_logp=ref,
-            )
-            parts.loss.backward()
-            n_tok = float(cm.sum())
-            sums["loss"] += parts.policy_loss
-            sums["kl"] += parts.kl * n_tok
-            sums["clip"] += parts.clip_ratio * n_tok
-            sums["tok"] += n_tok
-            if ent is not None:
-                sums["ent"] += float((ent * cm).sum())
-                sums["ent_n"] += n_tok
-        max_norm = cfg.optim.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if rows.numel() else 0.0
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+                parts.loss.backward()
+                n_tok = float(cm.sum())
+                sums["loss"] += parts.policy_loss
+                sums["kl"] += parts.kl * n_tok
+                sums["clip"] += parts.clip_ratio * n_tok
+                sums["tok"] += n_tok
+                if ent is not None:
+                    sums["ent"] += float((ent * cm).sum())
+                    sums["ent_n"] += n_tok
+            max_norm = cfg.optim.max_grad_norm or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if rows.numel() else 0.0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     tok = max(sums["tok"], 1.0)
     return UpdateStats(
         loss=sums["loss"] / g.num_iterations,
