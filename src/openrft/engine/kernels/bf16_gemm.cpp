@@ -37,9 +37,11 @@ inline __mmask16 lanes(int64_t valid) {
 
 // MB rows x NB column blocks of y. x: rows of K bf16 (stride ldx); w: the first of NB packed
 // column blocks, `wstride` elements apart, each [K/2, 16, 2]; ncols: valid columns of this tile.
+// `next`: the following tile's weights, fetched into L2 along the way (one line per block and
+// k pair) so that they arrive a whole tile ahead of use, far more than the memory latency.
 template <int MB, int NB>
 inline void tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kp, int64_t wstride,
-                 const float* bias, char* y, int64_t ldy, bool f32, int64_t ncols) {
+                 const float* bias, char* y, int64_t ldy, bool f32, int64_t ncols, const char* next) {
   __m512 acc[MB][NB];
   for (int j = 0; j < NB; ++j) {
     const __m512 b = bias ? _mm512_maskz_loadu_ps(lanes(ncols - 16 * j), bias + 16 * j) : _mm512_setzero_ps();
@@ -51,6 +53,9 @@ inline void tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kp, 
       const uint16_t* wp = w + j * wstride + p * 32;
       _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead), _MM_HINT_T0);
       wv[j] = (__m512bh)_mm512_loadu_si512(wp);
+    }
+    if (next != nullptr) {
+      for (int j = 0; j < NB; ++j) _mm_prefetch(next + (p * NB + j) * 64, _MM_HINT_T1);
     }
     for (int i = 0; i < MB; ++i) {
       int32_t pair;  // x[i][2p], x[i][2p + 1]
@@ -75,17 +80,17 @@ inline void tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kp, 
 // All m rows against NB column blocks, kRows at a time, then the remainder.
 template <int NB>
 void rows(int64_t m, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kp, int64_t wstride,
-          const float* bias, char* y, int64_t ldy, int64_t esz, bool f32, int64_t ncols) {
+          const float* bias, char* y, int64_t ldy, int64_t esz, bool f32, int64_t ncols, const char* next) {
   int64_t i = 0;
-  for (; i + kRows <= m; i += kRows) {
-    tile<kRows, NB>(x + i * ldx, ldx, w, kp, wstride, bias, y + i * ldy * esz, ldy, f32, ncols);
+  for (; i + kRows <= m; i += kRows) {  // the first pass over this tile's weights fetches the next's
+    tile<kRows, NB>(x + i * ldx, ldx, w, kp, wstride, bias, y + i * ldy * esz, ldy, f32, ncols, i == 0 ? next : nullptr);
   }
   const uint16_t* xr = x + i * ldx;
   char* yr = y + i * ldy * esz;
   switch (m - i) {
 #define OPENRFT_TILE(R) \
   case R:               \
-    tile<R, NB>(xr, ldx, w, kp, wstride, bias, yr, ldy, f32, ncols); \
+    tile<R, NB>(xr, ldx, w, kp, wstride, bias, yr, ldy, f32, ncols, i == 0 ? next : nullptr); \
     break;
     OPENRFT_TILE(1)
     OPENRFT_TILE(2)
@@ -133,15 +138,19 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& wp, int64_t n, con
         const int64_t ncols = std::min<int64_t>(n - c0, kBlocks * 16);
         const uint16_t* wt = w + j0 * wstride;
         const float* bt = b ? b + c0 : nullptr;
+        // the next tile of this thread, when it is a full one (its weights are contiguous)
+        const char* nx = t + 1 < t1 && (t + 2) * kBlocks <= nblk
+                             ? reinterpret_cast<const char*>(w + (j0 + kBlocks) * wstride)
+                             : nullptr;
         switch (std::min<int64_t>(kBlocks, nblk - j0)) {
           case 3:
-            rows<3>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols);
+            rows<3>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols, nx);
             break;
           case 2:
-            rows<2>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols);
+            rows<2>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols, nx);
             break;
           default:
-            rows<1>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols);
+            rows<1>(mr, xc, k, wt, kp, wstride, bt, yc + c0 * esz, n, esz, f32, ncols, nx);
         }
       }
     });
