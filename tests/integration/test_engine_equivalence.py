@@ -365,3 +365,38 @@ def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft_in_bf16(tiny_model_dir: 
     peft_err = sum(_rel(p, r) for p, r in zip(peft_grads, ref_grads, strict=True)) / len(ref_grads)
     ours_err = sum(_rel(o, r) for o, r in zip(ours_grads, ref_grads, strict=True)) / len(ref_grads)
     assert 0 < ours_err < 1.25 * peft_err, (ours_err, peft_err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norm_equals_transformers_rms_norm_with_gradients(dtype: torch.dtype) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from openrft.engine.norm_fused import fused_rms_norm
+
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    g = torch.Generator().manual_seed(0)
+    holder = torch.nn.Sequential(LlamaRMSNorm(96, eps=1e-5)).to(dtype)
+    norm = holder[0]
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96, generator=g) * 0.3 + 1)
+    norm.weight.requires_grad_(False)  # frozen, as under LoRA
+    x = (torch.randn(3, 40, 96, generator=g) * 2).to(dtype).requires_grad_(True)
+    up = torch.randn(3, 40, 96, generator=g).to(dtype)
+    out = []
+    for fused in (False, True):
+        with fused_rms_norm(holder) if fused else contextlib.nullcontext(1) as n:
+            assert n == 1
+            y = holder(x)
+        y.backward(up)
+        out.append((y.detach(), x.grad))
+        x.grad = None
+    assert "forward" not in norm.__dict__
+    (y_ref, dx_ref), (y, dx) = out
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    else:  # rounded where PyTorch rounds: equal but for a rare last bit from the sum's order
+        assert (y != y_ref).float().mean() < 1e-3
+        assert float((y.float() - y_ref.float()).abs().max()) <= 2**-5 * float(y_ref.float().abs().max())
+        assert _rel(dx, dx_ref) < 1e-3

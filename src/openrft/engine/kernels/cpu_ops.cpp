@@ -244,6 +244,77 @@ at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const 
   return out;
 }
 
+// Training RMSNorm as transformers' Llama-family modules compute it: y = round(w * round(x r)),
+// r = 1 / sqrt(mean(x^2) + eps) in float32, x and w in the model dtype S. x [N, H], w [H]
+// contiguous. Returns (y [N, H] in S, r [N] fp32, kept for the backward).
+std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(x.is_contiguous() && x.dim() == 2 && w.is_contiguous() && w.numel() == x.size(1) &&
+                  w.scalar_type() == x.scalar_type(),
+              "x [N, H] and w [H], contiguous, one dtype");
+  const int64_t n = x.size(0), h = x.size(1);
+  auto y = at::empty_like(x);
+  auto rstd = at::empty({n}, x.options().dtype(at::kFloat));
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* xp = ptr<S>(x);
+    const S* wp = ptr<S>(w);
+    S* yp = ptr<S>(y);
+    float* rp = rstd.data_ptr<float>();
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const S* xr = xp + i * h;
+        const float r = 1.f / std::sqrt(sum_squares(xr, h) / static_cast<float>(h) + static_cast<float>(eps));
+        rp[i] = r;
+        S* yr = yp + i * h;
+        for (int64_t j = 0; j < h; ++j) yr[j] = Io<S>::put(Io<S>::get(wp[j]) * Io<S>::round(Io<S>::get(xr[j]) * r));
+      }
+    });
+  });
+  return {y, rstd};
+}
+
+// Its input gradient, with autograd's rounding of the upstream product: dh = round(g w), then
+// in float32 dx = r dh - x r^3 mean(dh x), rounded to S once.
+at::Tensor rms_norm_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& rstd) {
+  TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && g.sizes() == x.sizes() && x.dim() == 2 &&
+                  g.scalar_type() == x.scalar_type() && w.scalar_type() == x.scalar_type() &&
+                  rstd.scalar_type() == at::kFloat && rstd.numel() == x.size(0),
+              "g, x [N, H] (one dtype), rstd fp32 [N]");
+  const int64_t n = x.size(0), h = x.size(1);
+  auto dx = at::empty_like(x);
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* gp = ptr<S>(g);
+    const S* xp = ptr<S>(x);
+    const S* wp = ptr<S>(w);
+    const float* rp = rstd.data_ptr<float>();
+    S* op = ptr<S>(dx);
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> dh(h);
+      for (int64_t i = begin; i < end; ++i) {
+        const S* gr = gp + i * h;
+        const S* xr = xp + i * h;
+        vf acc{};
+        int64_t j = 0;
+        for (; j + W <= h; j += W) {
+          const vf d = round16(load16(gr + j) * load16(wp + j), S{});
+          store16(dh.data() + j, d);
+          acc += d * load16(xr + j);
+        }
+        float dot = hsum(acc);
+        for (; j < h; ++j) {
+          dh[j] = Io<S>::round(Io<S>::get(gr[j]) * Io<S>::get(wp[j]));
+          dot += dh[j] * Io<S>::get(xr[j]);
+        }
+        const float r = rp[i], c = r * r * r * dot / static_cast<float>(h);
+        S* orow = op + i * h;
+        for (int64_t j = 0; j < h; ++j) orow[j] = Io<S>::put(r * dh[j] - c * Io<S>::get(xr[j]));
+      }
+    });
+  });
+  return dx;
+}
+
 // RoPE on the query and key heads of one token per row, keys and values written into the
 // cache at column `col`, queries returned rotated and scaled.
 // qkv [R, (nq + 2 nkv) * D]; pos [R] int64; cos, sin [L, D] (sin with its first half negated,
@@ -648,6 +719,8 @@ TORCH_LIBRARY(openrft_cpu, m) {
   m.def("head_stats(Tensor z, Tensor target, float inv_temp, bool grad) -> Tensor[]");
   m.def("attn_softmax_fwd(Tensor w, Tensor? mask, float scaling, int t) -> Tensor[]");
   m.def("attn_softmax_bwd(Tensor g, Tensor p32, float scaling) -> Tensor");
+  m.def("rms_norm_fwd(Tensor x, Tensor w, float eps) -> Tensor[]");
+  m.def("rms_norm_bwd(Tensor g, Tensor x, Tensor w, Tensor rstd) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
@@ -658,4 +731,6 @@ TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
   m.impl("head_stats", &head_stats);
   m.impl("attn_softmax_fwd", &attn_softmax_fwd);
   m.impl("attn_softmax_bwd", &attn_softmax_bwd);
+  m.impl("rms_norm_fwd", &rms_norm_fwd);
+  m.impl("rms_norm_bwd", &rms_norm_bwd);
 }
