@@ -44,6 +44,7 @@ from openrft.engine.common import (
     set_threads,
     step_seed,
 )
+from openrft.engine.fused import fused_layers
 from openrft.engine.logprobs import completion_logps
 from openrft.engine.loop import open_run, restore, run_steps
 from openrft.engine.sft import SFTExample, collate_padded, tokenize_completion
@@ -253,23 +254,24 @@ def dpo_step(
         policy = torch.zeros(len(chosen), 2)
         loss_sum = 0.0
         rewards_c, rewards_r = [], []
-        for i in range(0, len(chosen), per_micro):
-            mb = chosen[i : i + per_micro]
-            n = len(mb)
-            s = sequence_logps(model, mb, pad)  # [2n]
-            r = ref[i : i + n].to(s.device, s.dtype)
-            parts = dpo_sigmoid_loss(
-                s[:n], s[n:], r[:, 0], r[:, 1], beta=d.beta, label_smoothing=d.label_smoothing
-            )
-            loss = parts.losses.sum() / len(chosen)
-            loss.backward()
-            loss_sum += float(loss.detach())
-            policy[i : i + n, 0], policy[i : i + n, 1] = (
-                s[:n].detach().float().cpu(),
-                s[n:].detach().float().cpu(),
-            )
-            rewards_c.append(parts.chosen_rewards.float().cpu())
-            rewards_r.append(parts.rejected_rewards.float().cpu())
+        with fused_layers(model):
+            for i in range(0, len(chosen), per_micro):
+                mb = chosen[i : i + per_micro]
+                n = len(mb)
+                s = sequence_logps(model, mb, pad)  # [2n]
+                r = ref[i : i + n].to(s.device, s.dtype)
+                parts = dpo_sigmoid_loss(
+                    s[:n], s[n:], r[:, 0], r[:, 1], beta=d.beta, label_smoothing=d.label_smoothing
+                )
+                loss = parts.losses.sum() / len(chosen)
+                loss.backward()
+                loss_sum += float(loss.detach())
+                policy[i : i + n, 0], policy[i : i + n, 1] = (
+                    s[:n].detach().float().cpu(),
+                    s[n:].detach().float().cpu(),
+                )
+                rewards_c.append(parts.chosen_rewards.float().cpu())
+                rewards_r.append(parts.rejected_rewards.float().cpu())
         max_norm = cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         optimizer.step()

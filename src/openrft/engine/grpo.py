@@ -42,11 +42,10 @@ from openrft.engine.common import (
     set_threads,
     step_seed,
 )
+from openrft.engine.fused import fused_layers
 from openrft.engine.logprobs import grouped_completion_logps
 from openrft.engine.loop import open_run, restore, run_steps
-from openrft.engine.lora_fused import fused_lora
 from openrft.engine.losses import grpo_loss, normaliser
-from openrft.engine.norm_fused import fused_rms_norm
 from openrft.engine.precision import train_autocast
 from openrft.engine.rollout import sample_groups
 from openrft.engine.rollout_model import RolloutModel
@@ -93,7 +92,7 @@ def update_policy(
     sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0, "ent_n": 0.0, "tok": 0.0}
     grad_norm = 0.0
     model.train()
-    with fused_lora(model), fused_rms_norm(model):  # one op per LoRA layer / norm
+    with fused_layers(model):  # one op per LoRA layer and per norm (fused.py)
         for it in range(g.num_iterations):
             for start in range(0, len(rows), cfg.optim.micro_batch_size):
                 idx = rows[start : start + cfg.optim.micro_batch_size]

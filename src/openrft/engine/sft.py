@@ -43,6 +43,7 @@ from openrft.engine.common import (
     set_threads,
     step_seed,
 )
+from openrft.engine.fused import fused_layers
 from openrft.engine.logprobs import causal_lm, completion_logps, selective_log_softmax
 from openrft.engine.loop import open_run, restore, run_steps, save_full_model
 from openrft.engine.rollout import left_pad
@@ -312,11 +313,12 @@ def sft_step(
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         loss_sum = 0.0
-        for batch in batches:
-            logps, mask = target_logps(model, batch)
-            loss = sft_loss(logps, mask, targets)
-            loss.backward()
-            loss_sum += float(loss.detach())
+        with fused_layers(model):
+            for batch in batches:
+                logps, mask = target_logps(model, batch)
+                loss = sft_loss(logps, mask, targets)
+                loss.backward()
+                loss_sum += float(loss.detach())
         max_norm = cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         optimizer.step()
