@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from openrft.engine import cpu_kernels
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
-GEMM_MAX_ROWS = 128  # the bf16 kernel's range (bench/decode_matmul.py: 1.9x at 1 row, 0.92x at 256)
 
 
 @dataclass
@@ -67,7 +66,8 @@ class _Linear:
 
     Why: packing once per weight update instead of handing oneDNN a plain weight on every call
     makes the decode matmuls 1.4-1.7x faster here at 16-64 rows (same results bit for bit), and
-    the bf16 kernel is another 1.3-1.5x at 16-32 rows (kernels/bf16_gemm.cpp says why).
+    the bf16 kernel is another 1.2-1.4x at 16-32 rows (kernels/bf16_gemm.cpp says why) and as
+    fast as oneDNN in a prefill (32 prompts x 131 tokens: 2.92 vs 2.95 s).
     """
 
     def __init__(self, sources: list[torch.nn.Linear], rows_hint: int, pack: bool, gemm: Any = None) -> None:
@@ -102,11 +102,6 @@ class _Linear:
 
     def __call__(self, x: torch.Tensor, *, f32: bool = False) -> torch.Tensor:
         """x [..., K] -> [..., N], in float32 when `f32` (else the model dtype)."""
-        if self.gemm is not None and x.numel() > GEMM_MAX_ROWS * x.shape[-1]:
-            # a prefill: oneDNN's blocking is better at many rows (0.92x at 256 here), and the
-            # source modules' own weights serve it, so no second packed copy is held
-            y = torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.sources], dim=-1)
-            return y.float() if f32 else y
         if self.gemm is not None:
             y = self.gemm.bf16_linear(
                 x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.out_features, self.bias, f32

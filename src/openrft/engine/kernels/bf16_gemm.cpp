@@ -7,8 +7,9 @@
 // W is packed once per weight update into AVX512-BF16's pair layout ([N/16, K/2, 16, 2]: 16
 // output columns times a pair of k in each 64-byte vector), every weight vector feeds 8 rows'
 // `vdpbf16ps` from registers, and the 8 x 48 fp32 accumulators never leave the registers: the
-// same step takes ~15 ms (16 rows) and ~25 ms instead of 32 ms (32 rows). From 1 to 256 rows
-// it matches or beats oneDNN (bench: bench/decode_matmul.py), so the prefill uses it too.
+// same step takes ~14 ms (16 rows) and ~24 ms instead of 30 ms (32 rows) (bench/decode_matmul.py).
+// In a prefill (thousands of rows, 256 at a time) it is as fast as oneDNN, so one packed copy
+// of the weights serves both.
 //
 // Arithmetic: each output is an fp32 sum of bf16 products (exact in fp32), rounded once to
 // bf16 (nearest even) or returned as fp32, as oneDNN does; only the summation order differs.
