@@ -229,17 +229,19 @@ at::Tensor add_rms_norm(at::Tensor x, const std::optional<at::Tensor>& y, const 
     float* xp = x.data_ptr<float>();
     const float* wp = w.data_ptr<float>();
     S* op = ptr<S>(out);
-    for (int64_t r = 0; r < n; ++r) {
-      float* xr = xp + r * h;
-      if (yp != nullptr) {
-        const S* yr = yp + r * h;
-        for (int64_t i = 0; i < h; ++i) xr[i] += Io<S>::get(yr[i]);
+    at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        float* xr = xp + r * h;
+        if (yp != nullptr) {
+          const S* yr = yp + r * h;
+          for (int64_t i = 0; i < h; ++i) xr[i] += Io<S>::get(yr[i]);
+        }
+        const float ss = sum_squares(xr, h);
+        const float inv = 1.f / std::sqrt(ss / static_cast<float>(h) + static_cast<float>(eps));
+        S* orow = op + r * h;
+        for (int64_t i = 0; i < h; ++i) orow[i] = Io<S>::put((xr[i] * inv) * wp[i]);
       }
-      const float ss = sum_squares(xr, h);
-      const float inv = 1.f / std::sqrt(ss / static_cast<float>(h) + static_cast<float>(eps));
-      S* orow = op + r * h;
-      for (int64_t i = 0; i < h; ++i) orow[i] = Io<S>::put((xr[i] * inv) * wp[i]);
-    }
+    });
   });
   return out;
 }
@@ -573,20 +575,22 @@ at::Tensor silu_mul(const at::Tensor& gu) {
     using S = decltype(tag);
     const S* src = ptr<S>(gu);
     S* op = ptr<S>(out);
-    for (int64_t i = 0; i < n; ++i) {
-      const S* g = src + i * 2 * inter;
-      const S* u = g + inter;
-      S* o = op + i * inter;
-      int64_t j = 0;
-      for (; j + W <= inter; j += W) {
-        const vf x = load16(g + j);
-        store16(o + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(u + j));
+    at::parallel_for(0, n, 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const S* g = src + i * 2 * inter;
+        const S* u = g + inter;
+        S* o = op + i * inter;
+        int64_t j = 0;
+        for (; j + W <= inter; j += W) {
+          const vf x = load16(g + j);
+          store16(o + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(u + j));
+        }
+        for (; j < inter; ++j) {
+          const float x = Io<S>::get(g[j]);
+          o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
+        }
       }
-      for (; j < inter; ++j) {
-        const float x = Io<S>::get(g[j]);
-        o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
-      }
-    }
+    });
   });
   return out;
 }
