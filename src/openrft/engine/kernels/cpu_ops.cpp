@@ -350,32 +350,34 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Te
     S* kp = ptr<S>(kc);
     S* vp = ptr<S>(vc);
     S* qp = ptr<S>(q);
-    for (int64_t i = 0; i < r; ++i) {
-      const S* row = src + i * (nq + 2 * nkv) * d;
-      const S* c = cp + pp[i] * d;
-      const S* s = sp + pp[i] * d;
-      float rot[1024];  // one head, rotated and rounded (head_dim <= 1024, checked above)
-      for (int64_t h = 0; h < nq + nkv; ++h) {
-        const S* x = row + h * d;
-        for (int64_t j = 0; j < half; ++j)  // two straight loops (no index select) vectorize
-          rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
-                                Io<S>::get(x[j + half]) * Io<S>::get(s[j]));
-        for (int64_t j = half; j < d; ++j)
-          rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
-                                Io<S>::get(x[j - half]) * Io<S>::get(s[j]));
-        if (h < nq) {
-          S* qo = qp + (i * nq + h) * d;
-          for (int64_t j = 0; j < d; ++j) qo[j] = Io<S>::put(rot[j] * sc);
-        } else {  // keys stored transposed: [row, head, D, L]
-          S* ko = kp + (i * nkv + (h - nq)) * d * len + col;
-          for (int64_t j = 0; j < d; ++j) ko[j * len] = Io<S>::put(rot[j]);
+    at::parallel_for(0, r, 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const S* row = src + i * (nq + 2 * nkv) * d;
+        const S* c = cp + pp[i] * d;
+        const S* s = sp + pp[i] * d;
+        float rot[1024];  // one head, rotated and rounded (head_dim <= 1024, checked above)
+        for (int64_t h = 0; h < nq + nkv; ++h) {
+          const S* x = row + h * d;
+          for (int64_t j = 0; j < half; ++j)  // two straight loops (no index select) vectorize
+            rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
+                                  Io<S>::get(x[j + half]) * Io<S>::get(s[j]));
+          for (int64_t j = half; j < d; ++j)
+            rot[j] = Io<S>::round(Io<S>::round(Io<S>::get(x[j]) * Io<S>::get(c[j])) +
+                                  Io<S>::get(x[j - half]) * Io<S>::get(s[j]));
+          if (h < nq) {
+            S* qo = qp + (i * nq + h) * d;
+            for (int64_t j = 0; j < d; ++j) qo[j] = Io<S>::put(rot[j] * sc);
+          } else {  // keys stored transposed: [row, head, D, L]
+            S* ko = kp + (i * nkv + (h - nq)) * d * len + col;
+            for (int64_t j = 0; j < d; ++j) ko[j * len] = Io<S>::put(rot[j]);
+          }
+        }
+        for (int64_t h = 0; h < nkv; ++h) {
+          const S* x = row + (nq + nkv + h) * d;
+          std::memcpy(vp + ((i * nkv + h) * len + col) * d, x, d * sizeof(S));
         }
       }
-      for (int64_t h = 0; h < nkv; ++h) {
-        const S* x = row + (nq + nkv + h) * d;
-        std::memcpy(vp + ((i * nkv + h) * len + col) * d, x, d * sizeof(S));
-      }
-    }
+    });
   });
   return q;
 }
