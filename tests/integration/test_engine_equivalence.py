@@ -400,3 +400,30 @@ def test_fused_rms_norm_equals_transformers_rms_norm_with_gradients(dtype: torch
         assert (y != y_ref).float().mean() < 1e-3
         assert float((y.float() - y_ref.float()).abs().max()) <= 2**-5 * float(y_ref.float().abs().max())
         assert _rel(dx, dx_ref) < 1e-3
+
+
+def test_fused_sampler_has_the_right_distribution_and_log_probs() -> None:
+    """The C++ sampler (rollout's temperature path): the distribution of softmax(z / T), zero-
+    probability tokens never drawn (block edges, a whole empty block, a partial last block), and
+    each token's log-prob as log_softmax gives it."""
+    ops = cpu_kernels.load()
+    if ops is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    g = torch.Generator().manual_seed(0)
+    v = 2000  # 7 full blocks of 256 and a partial one
+    z = torch.randn(v, generator=g) * 3
+    z[torch.randperm(v, generator=g)[:1400]] = float("-inf")
+    z[[0, 255, 256, 1999]] = float("-inf")
+    z[300:512] = float("-inf")
+    temp = 0.7
+    probs = torch.softmax(z / temp, dim=-1)
+    rows = 40000
+    u = torch.rand(rows, generator=torch.Generator().manual_seed(1))
+    tok, lp = ops.sample_logits(z.repeat(rows, 1).contiguous(), 1 / temp, u)
+    freq = torch.bincount(tok, minlength=v).float() / rows
+    assert freq[probs == 0].sum() == 0
+    assert (freq - probs).abs().max() < 0.006
+    torch.testing.assert_close(lp, torch.log_softmax(z / temp, dim=-1)[tok], rtol=1e-5, atol=1e-5)
+    # u is consumed in order: the first row's token is the inverse CDF of u[0]
+    cdf = probs.double().cumsum(0)
+    assert int(tok[0]) == int(torch.searchsorted(cdf, u[0].double() * cdf[-1], right=True))

@@ -11,8 +11,11 @@ for Llama-family models behind a RolloutModel, and plain transformers for everyt
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from openrft.engine import cpu_kernels
 from openrft.engine.decoder import LeanDecoder
 from openrft.types import RolloutBatch
 
@@ -126,6 +129,34 @@ class _LeanStepper:
         return self.dec.forward(tok[:, None], pos[:, None], mask, col)
 
 
+def _sample_step(
+    logits: torch.Tensor,
+    temp: float,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of logits [R, V] and its log-prob under the temperature-scaled policy."""
+    logp_all = torch.log_softmax(logits / temp, dim=-1)  # [R, V]
+    if temperature > 0 and top_p >= 1.0 and not top_k:
+        tok = sample_tokens(logp_all.exp(), generator)  # [R]
+    elif temperature > 0:
+        tok = sample_tokens(torch.softmax(filter_logits(logp_all, top_p, top_k), dim=-1), generator)
+    else:
+        tok = logp_all.argmax(-1)
+    return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _sampling_kernel(logits: torch.Tensor) -> Any | None:
+    """The C++ sampler for fp32 CPU logits when the kernels are built (plain temperature
+    sampling only: top-p / top-k and greedy keep the PyTorch path)."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return None
+    ops = cpu_kernels.load()
+    return ops if ops is not None and hasattr(ops, "sample_logits") else None
+
+
 @torch.no_grad()
 def sample_groups(
     model: torch.nn.Module,
@@ -169,15 +200,13 @@ def sample_groups(
     lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
     active = torch.arange(n, device=device)  # rows still writing, in cache order
 
+    fused = _sampling_kernel(logits) if temperature > 0 and top_p >= 1.0 and not top_k else None
     for t in range(max_new_tokens):
-        logp_all = torch.log_softmax(logits / temp, dim=-1)  # [R, V]
-        if temperature > 0 and top_p >= 1.0 and not top_k:
-            tok = sample_tokens(logp_all.exp(), generator)  # [R]
-        elif temperature > 0:
-            tok = sample_tokens(torch.softmax(filter_logits(logp_all, top_p, top_k), dim=-1), generator)
+        if fused is not None:  # the same sampler in one C++ pass per row (cpu_ops.cpp)
+            u = torch.rand((logits.shape[0],), generator=generator, device=logits.device)
+            tok, lp = fused.sample_logits(logits.contiguous(), 1.0 / temp, u)
         else:
-            tok = logp_all.argmax(-1)
-        lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)  # [R]
+            tok, lp = _sample_step(logits, temp, temperature, top_p, top_k, generator)
         tokens[active, t] = tok
         logps[active, t] = lp
         done = torch.isin(tok, eos)

@@ -597,6 +597,75 @@ at::Tensor silu_mul(const at::Tensor& gu) {
   return out;
 }
 
+// One token per row from softmax(z * inv_temp) by inverse-CDF sampling with the uniform u[i],
+// and its log-probability. z [R, V] fp32 (the decode step's logits), u [R] fp32 in [0, 1).
+// Two levels, as rollout.sample_tokens: sums of exp over blocks of 256 tokens, the block that
+// holds u's share of the total, then its tokens; a token of zero probability is never drawn.
+// Replaces the decode loop's division, log-softmax, exp and the sampler's block sums, cumsums,
+// searches and gathers (~10 PyTorch ops and passes over [R, V] per step) with two passes.
+std::vector<at::Tensor> sample_logits(const at::Tensor& z, double inv_temp, const at::Tensor& u) {
+  TORCH_CHECK(z.dim() == 2 && z.is_contiguous() && z.scalar_type() == at::kFloat, "z: contiguous fp32 [R, V]");
+  TORCH_CHECK(u.scalar_type() == at::kFloat && u.is_contiguous() && u.numel() == z.size(0), "u: fp32 [R]");
+  TORCH_CHECK(inv_temp > 0, "inv_temp > 0");
+  const int64_t r = z.size(0), vocab = z.size(1);
+  constexpr int64_t kBlock = 256;
+  const int64_t nb = (vocab + kBlock - 1) / kBlock;
+  auto tok = at::empty({r}, z.options().dtype(at::kLong));
+  auto logp = at::empty({r}, z.options());
+  const float inv = static_cast<float>(inv_temp);
+  const float* zp = z.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  int64_t* tp = tok.data_ptr<int64_t>();
+  float* lp = logp.data_ptr<float>();
+  at::parallel_for(0, r, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> block(nb);
+    for (int64_t i = begin; i < end; ++i) {
+      const float* zr = zp + i * vocab;
+      const float mx = max_scaled(zr, vocab, inv);
+      if (!(mx > -std::numeric_limits<float>::infinity()) || std::isnan(mx)) {  // no finite logit
+        tp[i] = 0;
+        lp[i] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      float total = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t b0 = b * kBlock;
+        block[b] = sum_exp(zr + b0, std::min(kBlock, vocab - b0), inv, mx);
+        total += block[b];
+      }
+      const float target = up[i] * total;
+      int64_t b = 0, last = -1;
+      float before = 0.f;
+      for (; b < nb; ++b) {  // the block holding the target (a non-empty one)
+        if (block[b] > 0.f) {
+          last = b;
+          if (before + block[b] > target) break;
+        }
+        before += block[b];
+      }
+      if (b == nb) {  // rounding pushed the target past the end: the last non-empty block
+        b = last;
+        before = total - block[b];
+      }
+      const int64_t b0 = b * kBlock, n = std::min(kBlock, vocab - b0);
+      int64_t pick = -1;
+      float acc = before;
+      for (int64_t j = 0; j < n; ++j) {
+        const float e = exp_f(zr[b0 + j] * inv - mx);
+        if (e > 0.f) {
+          pick = j;
+          acc += e;
+          if (acc > target) break;
+        }
+      }
+      const int64_t t = b0 + pick;
+      tp[i] = t;
+      lp[i] = zr[t] * inv - mx - std::log(total);
+    }
+  });
+  return {tok, logp};
+}
+
 // Per-row statistics of softmax(z * inv_temp) for one chunk of head logits z [C, V] (the
 // model dtype, as the head matmul returns them), in three passes over each row while it sits
 // in L2: the max, then the log-sum-exp, then the probabilities. Returns (logp[target] [C],
@@ -758,6 +827,7 @@ TORCH_LIBRARY(openrft_cpu, m) {
   m.def("attn_softmax_fwd(Tensor w, Tensor? mask, float scaling, int t) -> Tensor[]");
   m.def("attn_softmax_bwd(Tensor g, Tensor p32, float scaling) -> Tensor");
   m.def("rms_norm_fwd(Tensor x, Tensor w, float eps) -> Tensor[]");
+  m.def("sample_logits(Tensor z, float inv_temp, Tensor u) -> Tensor[]");
   m.def("rms_norm_bwd(Tensor g, Tensor x, Tensor w, Tensor rstd) -> Tensor");
 }
 
@@ -770,5 +840,6 @@ TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
   m.impl("attn_softmax_fwd", &attn_softmax_fwd);
   m.impl("attn_softmax_bwd", &attn_softmax_bwd);
   m.impl("rms_norm_fwd", &rms_norm_fwd);
+  m.impl("sample_logits", &sample_logits);
   m.impl("rms_norm_bwd", &rms_norm_bwd);
 }
