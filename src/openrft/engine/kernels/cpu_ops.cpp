@@ -320,16 +320,18 @@ at::Tensor rms_norm_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tens
 // RoPE on the query and key heads of one token per row, keys and values written into the
 // cache at column `col`, queries returned rotated and scaled.
 // qkv [R, (nq + 2 nkv) * D]; pos [R] int64; cos, sin [L, D] (sin with its first half negated,
-// so rotate_half(x) * sin == roll(x, D/2) * sin); kc [>=R, nkv, D, L]; vc [>=R, nkv, L, D].
+// so rotate_half(x) * sin == roll(x, D/2) * sin); kc [>=R, nkv, L / 16, D, 16] (blocked keys, see
+// decoder.py); vc [>=R, nkv, L, D].
 // Returns q [R, nq, D] = round(round(rope(q)) * scale).
 at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Tensor& cos,
                       const at::Tensor& sin, at::Tensor kc, at::Tensor vc, int64_t col, int64_t nq,
                       int64_t nkv, double scale) {
-  const int64_t r = qkv.size(0), d = kc.size(2), len = kc.size(3), half = d / 2;
+  TORCH_CHECK(kc.dim() == 5 && kc.size(4) == W, "kc: blocked keys [R, nkv, L / 16, D, 16]");
+  const int64_t r = qkv.size(0), d = kc.size(3), len = vc.size(2), kblocks = kc.size(2), half = d / 2;
   TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (nq + 2 * nkv) * d, "qkv: [R, (nq + 2 nkv) D]");
   TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && cos.is_contiguous() && sin.is_contiguous(),
               "contiguous cache and tables");
-  TORCH_CHECK(col >= 0 && col < len && vc.size(2) == len, "cache column out of range");
+  TORCH_CHECK(col >= 0 && col < len && kblocks * W >= len, "cache column out of range");
   TORCH_CHECK(pos.scalar_type() == at::kLong && pos.is_contiguous() && pos.numel() == r, "pos: int64 [R]");
   TORCH_CHECK(d % 2 == 0 && d <= 1024, "head_dim: even, at most 1024");
   TORCH_CHECK(kc.size(0) >= r && kc.size(1) == nkv && vc.size(0) >= r && vc.size(1) == nkv && vc.size(3) == d,
@@ -367,9 +369,9 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Te
           if (h < nq) {
             S* qo = qp + (i * nq + h) * d;
             for (int64_t j = 0; j < d; ++j) qo[j] = Io<S>::put(rot[j] * sc);
-          } else {  // keys stored transposed: [row, head, D, L]
-            S* ko = kp + (i * nkv + (h - nq)) * d * len + col;
-            for (int64_t j = 0; j < d; ++j) ko[j * len] = Io<S>::put(rot[j]);
+          } else {  // keys in 16-column blocks: [row, head, L / 16, D, 16]
+            S* ko = kp + ((i * nkv + (h - nq)) * kblocks + col / W) * d * W + col % W;
+            for (int64_t j = 0; j < d; ++j) ko[j * W] = Io<S>::put(rot[j]);
           }
         }
         for (int64_t h = 0; h < nkv; ++h) {
@@ -380,22 +382,6 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& pos, const at::Te
     });
   });
   return q;
-}
-
-// score[a][t] = sum_j q[a][j] k[j][t] for NR query heads, columns [t0, t0 + 16): keys are read
-// once per 16 columns and the NR accumulators stay in registers.
-template <int NR, typename S>
-inline void scores16(const float* qf, int64_t d, const S* k, int64_t len, int64_t t0, float* score, int64_t s) {
-  vf acc[NR];
-  for (int a = 0; a < NR; ++a) acc[a] = vf{} ;
-  for (int64_t j = 0; j < d; ++j) {
-    const vf kv = load16(k + j * len + t0);
-    // the D key rows are D interleaved streams, more than the hardware prefetcher follows:
-    // ask for the block after next of each row while this one is in use
-    __builtin_prefetch(k + j * len + t0 + 4 * W);
-    for (int a = 0; a < NR; ++a) acc[a] += qf[a * d + j] * kv;
-  }
-  for (int a = 0; a < NR; ++a) std::memcpy(score + a * s + t0, &acc[a], sizeof(vf));
 }
 
 // out[a][c0 .. c0 + 16 NB) += sum_t p[a][t] v[t][...] over columns [t_begin, t_end), for NR
@@ -439,57 +425,44 @@ void value_heads(int nr, const float* p, int64_t s, const S* v, int64_t d, float
       for (int64_t t = t0; t < t1; ++t) out[a * d + j] += p[a * s + t] * Io<S>::get(v[t * d + j]);
 }
 
-// score[a][t] for columns [t_begin, t_end), for keys read from memory (a row's own columns):
-// key row j (one of D) is read once, start to end,
-// adding q[a][j] k[j][t] into the NR score rows (in L1), then row j + 1. Each key is still
-// summed over j in order, as before, but the cache block [D, L] of a head is read as one
-// sequential stream instead of D interleaved ones: at 32 distinct rows the decode attention
-// is bound by reading the cache, and D strided streams ran at ~11 GB/s.
-template <typename S>
-void score_heads_stream(int nr, const float* qf, int64_t d, const S* k, int64_t len, float* score, int64_t s,
-                 int64_t t_begin, int64_t t_end) {
-  for (int a = 0; a < nr; ++a) std::fill(score + a * s + t_begin, score + a * s + t_end, 0.f);
-  for (int64_t j = 0; j < d; ++j) {
-    const S* kr = k + j * len;
-    int64_t t0 = t_begin;
-    for (; t0 + W <= t_end; t0 += W) {
-      const vf kv = load16(kr + t0);
-      for (int a = 0; a < nr; ++a) {
-        float* sa = score + a * s + t0;
-        store16(sa, load16(sa) + qf[a * d + j] * kv);
-      }
+// score[a][t] = sum_j q[a][j] k[j][t] for NR query heads over columns [t_begin, t_end), keys in
+// the blocked layout [L / 16, D, 16]: each 16-column block's D x 16 keys are one contiguous
+// 2 KB (bf16) read, the NR accumulators stay in registers, and only the lanes inside the range
+// are stored (a block can straddle the shared-prompt boundary or the last column).
+template <int NR, typename S>
+void scores_blocked(const float* qf, int64_t d, const S* k, float* score, int64_t s, int64_t t_begin,
+                    int64_t t_end) {
+  for (int64_t blk = t_begin / W; blk * W < t_end; ++blk) {
+    const S* kb = k + blk * d * W;
+    vf acc[NR];
+    for (int a = 0; a < NR; ++a) acc[a] = vf{};
+    for (int64_t j = 0; j < d; ++j) {
+      const vf kv = load16(kb + j * W);
+      for (int a = 0; a < NR; ++a) acc[a] += qf[a * d + j] * kv;
     }
-    for (; t0 < t_end; ++t0) {
-      const float kv = Io<S>::get(kr[t0]);
-      for (int a = 0; a < nr; ++a) score[a * s + t0] += qf[a * d + j] * kv;
+    const int64_t lo = std::max(t_begin, blk * W), hi = std::min(t_end, blk * W + W);
+    for (int a = 0; a < NR; ++a) {
+      float lanes[W];
+      std::memcpy(lanes, &acc[a], sizeof(lanes));
+      std::memcpy(score + a * s + lo, lanes + (lo - blk * W), (hi - lo) * sizeof(float));
     }
   }
 }
 
-// score[a][t] for columns [t_begin, t_end), 16 at a time, then the rest one by one: for keys in
-// cache (a group's shared prompt), the accumulators stay in registers.
 template <typename S>
-void score_heads_blocked(int nr, const float* qf, int64_t d, const S* k, int64_t len, float* score, int64_t s,
-                 int64_t t_begin, int64_t t_end) {
-  int64_t t0 = t_begin;
-  for (; t0 + W <= t_end; t0 += W) {
-    switch (nr) {
-      case 1: scores16<1>(qf, d, k, len, t0, score, s); break;
-      case 2: scores16<2>(qf, d, k, len, t0, score, s); break;
-      case 3: scores16<3>(qf, d, k, len, t0, score, s); break;
-      default: scores16<4>(qf, d, k, len, t0, score, s); break;
-    }
+void score_heads(int nr, const float* qf, int64_t d, const S* k, float* score, int64_t s, int64_t t_begin,
+                 int64_t t_end) {
+  if (t_begin >= t_end) return;
+  switch (nr) {
+    case 1: scores_blocked<1>(qf, d, k, score, s, t_begin, t_end); break;
+    case 2: scores_blocked<2>(qf, d, k, score, s, t_begin, t_end); break;
+    case 3: scores_blocked<3>(qf, d, k, score, s, t_begin, t_end); break;
+    default: scores_blocked<4>(qf, d, k, score, s, t_begin, t_end); break;
   }
-  for (int a = 0; a < nr; ++a)
-    for (int64_t t = t0; t < t_end; ++t) {
-      float x = 0.f;
-      for (int64_t j = 0; j < d; ++j) x += qf[a * d + j] * Io<S>::get(k[j * len + t]);
-      score[a * s + t] = x;
-    }
 }
 
 // One query token per row against the first `s` cache columns, query heads grouped on their KV
-// head. q [R, nq, D] (pre-scaled); kc [>=R, nkv, D, L]; vc [>=R, nkv, L, D]; mask [R, s]
+// head. q [R, nq, D] (pre-scaled); kc [>=R, nkv, L / 16, D, 16]; vc [>=R, nkv, L, D]; mask [R, s]
 // additive (0 or -inf). Returns [R, nq * D]. Rounds the scores, the probabilities and the
 // output to the model dtype, as bf16 matmuls and a float32 softmax cast back do.
 //
@@ -502,12 +475,13 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
                             const at::Tensor& mask, int64_t s, const std::optional<at::Tensor>& src,
                             int64_t shared) {
   const int64_t r = q.size(0), nq = q.size(1), d = q.size(2);
-  const int64_t nkv = kc.size(1), len = kc.size(3), rep = nq / nkv;
+  TORCH_CHECK(kc.dim() == 5 && kc.size(4) == W, "kc: blocked keys [R, nkv, L / 16, D, 16]");
+  const int64_t nkv = kc.size(1), len = vc.size(2), kblocks = kc.size(2), rep = nq / nkv;
   TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() && mask.is_contiguous(),
               "contiguous inputs");
-  TORCH_CHECK(nq % nkv == 0 && kc.size(2) == d && s <= len && mask.size(0) == r && mask.size(1) == s,
+  TORCH_CHECK(nq % nkv == 0 && kc.size(3) == d && s <= len && mask.size(0) == r && mask.size(1) == s,
               "shapes");
-  TORCH_CHECK(kc.size(0) >= r && vc.size(0) >= r && vc.size(1) == nkv && vc.size(2) == len && vc.size(3) == d,
+  TORCH_CHECK(kc.size(0) >= r && vc.size(0) >= r && vc.size(1) == nkv && kblocks * W >= len && vc.size(3) == d,
               "cache shapes");
   TORCH_CHECK(kc.scalar_type() == q.scalar_type() && vc.scalar_type() == q.scalar_type() &&
                   mask.scalar_type() == q.scalar_type(),
@@ -532,21 +506,17 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i = task / nkv, g = task % nkv;
         const int64_t si = sp != nullptr ? sp[i] : i;
-        const S* k = kp + (i * nkv + g) * d * len;
+        const S* k = kp + (i * nkv + g) * kblocks * d * W;
         const S* v = vp + (i * nkv + g) * len * d;
-        const S* ks = kp + (si * nkv + g) * d * len;  // the shared prompt columns
+        const S* ks = kp + (si * nkv + g) * kblocks * d * W;  // the shared prompt columns
         const S* vs = vp + (si * nkv + g) * len * d;
         const S* m = mp + i * s;
         for (int64_t a = 0; a < rep; ++a)
           for (int64_t j = 0; j < d; ++j) qf[a * d + j] = Io<S>::get(qp[(i * nq + g * rep + a) * d + j]);
-        for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // scores = q K^T, keys read as stored ([D, L])
+        for (int64_t a0 = 0; a0 < rep; a0 += 4) {  // scores = q K^T, blocked keys
           const int nr = static_cast<int>(std::min<int64_t>(4, rep - a0));
-          score_heads_blocked<S>(nr, qf.data() + a0 * d, d, ks, len, score.data() + a0 * s, s, 0, sh);
-          if (2 * (s - sh) >= len) {  // most of each key row: the [D, L] block is one stream
-            score_heads_stream<S>(nr, qf.data() + a0 * d, d, k, len, score.data() + a0 * s, s, sh, s);
-          } else {
-            score_heads_blocked<S>(nr, qf.data() + a0 * d, d, k, len, score.data() + a0 * s, s, sh, s);
-          }
+          score_heads<S>(nr, qf.data() + a0 * d, d, ks, score.data() + a0 * s, s, 0, sh);
+          score_heads<S>(nr, qf.data() + a0 * d, d, k, score.data() + a0 * s, s, sh, s);
         }
         for (int64_t a = 0; a < rep; ++a) {  // float32 softmax of the rounded, masked scores
           float* sa = score.data() + a * s;
