@@ -87,3 +87,33 @@ def test_bf16_decoder_prefill_of_many_rows_matches_the_onednn_decoder() -> None:
     a1 = ours.forward(nxt, torch.full((rows, 1), t), mask, t)
     b1 = onednn.forward(nxt, torch.full((rows, 1), t), mask, t)
     torch.testing.assert_close(a1, b1, rtol=0.02, atol=0.05)
+
+
+@needs_kernel
+def test_packing_in_place_equals_the_reference_packing() -> None:
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(n, 24, generator=g).to(torch.bfloat16) for n in (32, 16, 48)]
+    out = torch.zeros((6, 12, 16, 2), dtype=torch.bfloat16)
+    b0 = 0
+    for w in ws:
+        ops.pack_bf16_into(w, out, b0)
+        b0 += w.shape[0] // 16
+    assert torch.equal(out, pack_bf16_weight(torch.cat(ws)))
+    with pytest.raises(RuntimeError, match="room"):
+        ops.pack_bf16_into(ws[2], out, 4)  # 3 blocks from block 4 of 6
+
+
+@needs_kernel
+def test_decoder_refresh_repacks_changed_weights_only() -> None:
+    from test_lean_decoder import tiny  # pytest puts this folder on sys.path
+
+    model = tiny("qwen2", torch.bfloat16, hidden_size=64, intermediate_size=96)
+    dec = LeanDecoder(model)
+    att = model.model.layers[0].self_attn
+    head_before = dec.lm_head.weight
+    with torch.no_grad():
+        att.k_proj.weight.mul_(2)  # in place, as RolloutModel.sync writes
+    dec.refresh()
+    want = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
+    assert torch.equal(dec.layers[0].qkv.weight, pack_bf16_weight(want))
+    assert dec.lm_head.weight is head_before  # unchanged source: not re-packed

@@ -124,9 +124,8 @@ class _Linear:
         self.out_features = n
         b0 = 0
         for lin in self.sources:
-            nb = lin.out_features // 16
-            self.weight[b0 : b0 + nb].copy_(lin.weight.view(nb, 16, k // 2, 2).permute(0, 2, 1, 3))
-            b0 += nb
+            self.gemm.pack_bf16_into(lin.weight.contiguous(), self.weight, b0)
+            b0 += lin.out_features // 16
         if any(lin.bias is not None for lin in self.sources):
             self.bias = torch.cat(
                 [

@@ -57,20 +57,16 @@ class RolloutModel:
         """Copy W_base + scale * B @ A of every active adapter into the merged model."""
         for name, layer in self.layers.items():
             target = self.targets[name]
-            w = layer.base_layer.weight
-            delta = None
-            if not getattr(layer, "disable_adapters", False):
-                for adapter in layer.active_adapters:
-                    if adapter not in layer.lora_A:
-                        continue
-                    a = layer.lora_A[adapter].weight  # [r, in]
-                    b = layer.lora_B[adapter].weight  # [out, r]
-                    d = (b.float() @ a.float()) * layer.scaling[adapter]
-                    delta = d if delta is None else delta + d
-            if delta is None:
-                target.weight.copy_(w)
-            else:
-                target.weight.copy_((w.float() + delta).to(w.dtype))
+            merged = layer.base_layer.weight.to(torch.float32, copy=True)  # never the base itself
+            active = [] if getattr(layer, "disable_adapters", False) else layer.active_adapters
+            for adapter in active:
+                if adapter not in layer.lora_A:
+                    continue
+                a = layer.lora_A[adapter].weight  # [r, in]
+                b = layer.lora_B[adapter].weight  # [out, r]
+                # W + scale * B @ A in one op, in fp32 (rounded once, by the copy below)
+                merged = merged.addmm_(b.float(), a.float(), alpha=layer.scaling[adapter])
+            target.weight.copy_(merged)
         if self.decoder is not None:
             self.decoder.refresh()
 
