@@ -638,8 +638,8 @@ std::vector<at::Tensor> sample_logits(const at::Tensor& z, double inv_temp, cons
 
 // Per-row statistics of softmax(z * inv_temp) for one chunk of head logits z [C, V] (the
 // model dtype, as the head matmul returns them), in three passes over each row while it sits
-// in L2: the max, then the log-sum-exp, then the probabilities. Returns (logp[target] [C],
-// entropy [C], lse [C]) in fp32 and, when `grad`, p - onehot(target) [C, V] in z's dtype (the
+// in L2: the max, then the exponentials (kept, fp32) and their sum, then the probabilities.
+// Returns (logp[target] [C], entropy [C], lse [C]) in fp32 and, when `grad`, p - onehot(target) [C, V] in z's dtype (the
 // operand of the hidden-state gradient's matmul). Replaces ~12 full passes of PyTorch ops
 // (a float copy, logsumexp's five, a subtraction, exp, a product, a sum, a scatter, a cast).
 std::vector<at::Tensor> head_stats(const at::Tensor& z, const at::Tensor& target, double inv_temp, bool grad) {
@@ -660,30 +660,40 @@ std::vector<at::Tensor> head_stats(const at::Tensor& z, const at::Tensor& target
     float* ep = ent.data_ptr<float>();
     float* sp = lse.data_ptr<float>();
     at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> ex(vocab);  // exp(z * inv - max) of one row, kept in L2 for the last pass
       for (int64_t i = begin; i < end; ++i) {
         const S* row = zp + i * vocab;
         TORCH_CHECK(tp[i] >= 0 && tp[i] < vocab, "target id out of range");
         const float mx = max_scaled(row, vocab, inv);
-        const float l = mx + std::log(sum_exp(row, vocab, inv, mx));
-        const int64_t t = tp[i];
-        vf hv{};  // entropy = -sum p log p, 16 lanes
+        vf sv{};
         int64_t j = 0;
-        S* prow = pp != nullptr ? pp + i * vocab : nullptr;
         for (; j + W <= vocab; j += W) {
-          const vf a = load16(row + j) * inv - l;
-          const vf e = exp_v(a);
-          hv -= e * a;
+          const vf e = exp_v(load16(row + j) * inv - mx);
+          store16(ex.data() + j, e);
+          sv += e;
+        }
+        float sum = hsum(sv);
+        for (; j < vocab; ++j) {
+          ex[j] = exp_f(Io<S>::get(row[j]) * inv - mx);
+          sum += ex[j];
+        }
+        const float l = mx + std::log(sum), norm = 1.f / sum;
+        const int64_t t = tp[i];
+        vf hv{};  // entropy = -sum p log p, 16 lanes; p = exp(z * inv - max) / sum
+        S* prow = pp != nullptr ? pp + i * vocab : nullptr;
+        for (j = 0; j + W <= vocab; j += W) {
+          const vf e = load16(ex.data() + j) * norm;
+          hv -= e * (load16(row + j) * inv - l);
           if (prow != nullptr) store16(prow + j, e);
         }
         float h = hsum(hv);
         for (; j < vocab; ++j) {
-          const float a = Io<S>::get(row[j]) * inv - l;
-          const float e = exp_f(a);
-          h -= e * a;
+          const float e = ex[j] * norm;
+          h -= e * (Io<S>::get(row[j]) * inv - l);
           if (prow != nullptr) prow[j] = Io<S>::put(e);
         }
         if (prow != nullptr)  // p - onehot at the target, rounded once
-          prow[t] = Io<S>::put(exp_f(Io<S>::get(row[t]) * inv - l) - 1.f);
+          prow[t] = Io<S>::put(ex[t] * norm - 1.f);
         lp[i] = Io<S>::get(row[tp[i]]) * inv - l;
         ep[i] = h;
         sp[i] = l;
