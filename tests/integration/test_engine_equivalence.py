@@ -107,10 +107,15 @@ def test_sampling_logprobs_equal_a_plain_forward(fp32_policy: torch.nn.Module) -
         assert torch.allclose(b.sampling_logps[m], ref[m], atol=1e-4)
 
 
-def test_shared_prefix_forward_equals_plain_forward_and_gradients(fp32_policy: torch.nn.Module) -> None:
+# rows of 3 groups, partial groups as after skipping (a gather of prompt rows), and all rows
+# (whole groups in order: the prompt rows are broadcast)
+@pytest.mark.parametrize("rows", [[0, 1, 5, 6, 7, 11], list(range(12))], ids=["partial", "whole"])
+def test_shared_prefix_forward_equals_plain_forward_and_gradients(
+    fp32_policy: torch.nn.Module, rows: list[int]
+) -> None:
     b = rollout(fp32_policy)
     g = b.group_size
-    idx = torch.tensor([0, 1, 5, 6, 7, 11])  # rows of 3 groups, partial groups as after skipping
+    idx = torch.tensor(rows)
     uniq, inv = torch.unique(idx // g, return_inverse=True)
     fp32_policy.train()
     plain, _ = completion_logps(
