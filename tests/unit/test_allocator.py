@@ -7,6 +7,7 @@ import resource
 import sys
 
 import pytest
+import torch
 
 from openrft.engine.allocator import keep_freed_memory
 
@@ -34,3 +35,14 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     round_faults()  # the first round touches new pages either way
     pages = 2 * size // 4096
     assert max(round_faults() for _ in range(3)) < pages // 10
+
+
+def test_huge_page_buffer_is_aligned_sized_and_usable() -> None:
+    from openrft.engine.allocator import HUGE_PAGE, huge_page_buffer
+
+    buf = huge_page_buffer(3 * HUGE_PAGE + 100)
+    assert buf.dtype == torch.uint8 and buf.numel() == 3 * HUGE_PAGE + 100
+    assert buf.data_ptr() % HUGE_PAGE == 0  # huge pages can back it from the first byte
+    buf.fill_(7)
+    assert int(buf[-1]) == 7 and int(buf.sum()) == 7 * buf.numel()
+    assert huge_page_buffer(0).numel() == 0

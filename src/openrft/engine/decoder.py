@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from openrft.engine import cpu_kernels
+from openrft.engine.allocator import huge_page_buffer
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 KEY_BLOCK = 16  # key cache columns per block in the kernels' layout (one 16-float vector)
@@ -71,8 +72,16 @@ class _Linear:
     fast as oneDNN in a prefill (32 prompts x 131 tokens: 2.92 vs 2.95 s).
     """
 
-    def __init__(self, sources: list[torch.nn.Linear], rows_hint: int, pack: bool, gemm: Any = None) -> None:
+    def __init__(
+        self,
+        sources: list[torch.nn.Linear],
+        rows_hint: int,
+        pack: bool,
+        gemm: Any = None,
+        buffer: torch.Tensor | None = None,
+    ) -> None:
         self.sources = sources
+        self.buffer = buffer  # uint8 memory of packed_bytes(sources) for the packed weight
         self.rows_hint = rows_hint
         self.gemm = gemm
         self.pack = pack and gemm is None
@@ -114,13 +123,25 @@ class _Linear:
         else:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, self.rows_hint) if self.pack else w
 
+    @staticmethod
+    def packed_bytes(sources: list[torch.nn.Linear]) -> int:
+        """Bytes of the bf16 kernel's packed weight when it is packed in place (every source's
+        output width a multiple of 16, even input width), else 0."""
+        if any(lin.out_features % 16 for lin in sources) or sources[0].in_features % 2:
+            return 0
+        return sum(lin.out_features for lin in sources) * sources[0].in_features * 2
+
     def _pack_in_place(self) -> None:
         """pack_bf16_weight of the concatenated sources, each copied straight into its blocks
         (one strided copy per source instead of a concatenation, a padded copy and a permute)."""
         k = self.sources[0].in_features
         n = sum(lin.out_features for lin in self.sources)
         if self.out_features != n or self.weight.shape != (n // 16, k // 2, 16, 2):
-            self.weight = torch.empty((n // 16, k // 2, 16, 2), dtype=self.sources[0].weight.dtype)
+            shape = (n // 16, k // 2, 16, 2)
+            if self.buffer is not None and self.buffer.numel() == n * k * 2:
+                self.weight = self.buffer.view(torch.bfloat16).view(shape)
+            else:
+                self.weight = torch.empty(shape, dtype=self.sources[0].weight.dtype)
         self.out_features = n
         b0 = 0
         for lin in self.sources:
@@ -228,9 +249,20 @@ class LeanDecoder:
             raise ValueError(f"CPU decode kernels requested but unavailable: {why}")
 
         gemm = _gemm_kernel(self.ops, model, self.dtype)
+        groups = [[model.lm_head]]  # type: ignore[attr-defined]
+        for layer in inner.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            groups += [[att.q_proj, att.k_proj, att.v_proj], [att.o_proj], [mlp.gate_proj, mlp.up_proj]]
+            groups += [[mlp.down_proj]]
+        # the kernel's packed weights, all in one buffer on huge pages (allocator.py says why)
+        sizes = [_Linear.packed_bytes(g) if gemm is not None else 0 for g in groups]
+        arena = huge_page_buffer(sum(sizes)) if sum(sizes) else None
+        offsets = {id(g[0]): (sum(sizes[:i]), sizes[i]) for i, g in enumerate(groups)}
 
         def lin(*mods: torch.nn.Linear) -> _Linear:
-            return _Linear(list(mods), rows_hint, pack, gemm)
+            start, size = offsets[id(mods[0])]
+            buffer = arena[start : start + size] if arena is not None and size else None
+            return _Linear(list(mods), rows_hint, pack, gemm, buffer)
 
         # the residual stream and the norms run in fp32 (transformers keeps the residual in the
         # model dtype): one cast per norm instead of four, and no bf16 rounding of the sum
