@@ -432,3 +432,38 @@ def test_fused_sampler_has_the_right_distribution_and_log_probs() -> None:
     # u is consumed in order: the first row's token is the inverse CDF of u[0]
     cdf = probs.double().cumsum(0)
     assert int(tok[0]) == int(torch.searchsorted(cdf, u[0].double() * cdf[-1], right=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_silu_mul_equals_the_mlps_own_forward_with_gradients(dtype: torch.dtype) -> None:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from openrft.engine.mlp_fused import fused_mlp
+
+    if cpu_kernels.load() is None:
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
+    torch.manual_seed(0)
+    holder = torch.nn.Sequential(
+        LlamaMLP(LlamaConfig(hidden_size=48, intermediate_size=200, num_attention_heads=4))
+    ).to(dtype)
+    for p in holder.parameters():
+        p.requires_grad_(False)  # frozen base; gradients flow to the input (and LoRA in real runs)
+    x = (torch.randn(3, 50, 48) * 2).to(dtype).requires_grad_(True)
+    up = torch.randn(3, 50, 48).to(dtype)
+    out = []
+    for fused in (False, True):
+        with fused_mlp(holder) if fused else contextlib.nullcontext(1) as n:
+            assert n == 1
+            y = holder(x)
+        y.backward(up)
+        out.append((y.detach(), x.grad))
+        x.grad = None
+    assert "forward" not in holder[0].__dict__
+    (y_ref, dx_ref), (y, dx) = out
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    else:  # rounded where PyTorch rounds; the exp differs from SLEEF's by an ulp at most
+        assert _rel(y, y_ref) < 2e-3
+        assert _rel(dx, dx_ref) < 5e-3

@@ -1,5 +1,6 @@
 """The training forward's fused layers, switched on together for an update: each peft LoRA
-linear as one op (lora_fused.py) and each Llama-family RMSNorm as one op (norm_fused.py).
+linear as one op (lora_fused.py), each Llama-family RMSNorm as one op (norm_fused.py) and the
+gated MLP's silu(gate) * up as one op (mlp_fused.py).
 Both compute the same function as the modules they stand in for and fall back to them for
 anything they do not cover, so every trainer (GRPO, SFT, DPO) runs its updates inside."""
 
@@ -11,10 +12,11 @@ from contextlib import contextmanager
 import torch
 
 from openrft.engine.lora_fused import fused_lora
+from openrft.engine.mlp_fused import fused_mlp
 from openrft.engine.norm_fused import fused_rms_norm
 
 
 @contextmanager
 def fused_layers(model: torch.nn.Module) -> Iterator[None]:
-    with fused_lora(model), fused_rms_norm(model):
+    with fused_lora(model), fused_rms_norm(model), fused_mlp(model):
         yield

@@ -636,6 +636,70 @@ std::vector<at::Tensor> sample_logits(const at::Tensor& z, double inv_temp, cons
   return {tok, logp};
 }
 
+// The MLP's act(gate) * up in training, as PyTorch rounds it: y = round(round(silu(g)) * u).
+// g, u [N] contiguous, one dtype. One pass instead of silu and a product.
+at::Tensor silu_mul_fwd(const at::Tensor& g, const at::Tensor& u) {
+  TORCH_CHECK(g.is_contiguous() && u.is_contiguous() && g.sizes() == u.sizes() && g.scalar_type() == u.scalar_type(),
+              "g, u: contiguous, one shape and dtype");
+  auto y = at::empty_like(g);
+  const int64_t n = g.numel();
+  dispatch(g.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* gp = ptr<S>(g);
+    const S* up = ptr<S>(u);
+    S* yp = ptr<S>(y);
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      int64_t j = begin;
+      for (; j + W <= end; j += W) {
+        const vf x = load16(gp + j);
+        store16(yp + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(up + j));
+      }
+      for (; j < end; ++j) {
+        const float x = Io<S>::get(gp[j]);
+        yp[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(up[j]));
+      }
+    });
+  });
+  return y;
+}
+
+// Its backward with autograd's roundings: ds = round(dy u), du = round(dy round(silu(g))),
+// dg = round(ds sig(g) (1 + g (1 - sig(g)))) (silu_backward in float32 on rounded inputs).
+std::vector<at::Tensor> silu_mul_bwd(const at::Tensor& dy, const at::Tensor& g, const at::Tensor& u) {
+  TORCH_CHECK(dy.is_contiguous() && g.is_contiguous() && u.is_contiguous() && dy.sizes() == g.sizes() &&
+                  g.sizes() == u.sizes() && dy.scalar_type() == g.scalar_type() && g.scalar_type() == u.scalar_type(),
+              "dy, g, u: contiguous, one shape and dtype");
+  auto dg = at::empty_like(g);
+  auto du = at::empty_like(u);
+  const int64_t n = g.numel();
+  dispatch(g.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const S* dp = ptr<S>(dy);
+    const S* gp = ptr<S>(g);
+    const S* up = ptr<S>(u);
+    S* dgp = ptr<S>(dg);
+    S* dup = ptr<S>(du);
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      int64_t j = begin;
+      for (; j + W <= end; j += W) {
+        const vf x = load16(gp + j), d = load16(dp + j);
+        const vf sig = 1.f / (1.f + exp_v(-x));
+        store16(dup + j, d * round16(x / (1.f + exp_v(-x)), S{}));
+        const vf ds = round16(d * load16(up + j), S{});
+        store16(dgp + j, ds * sig * (1.f + x * (1.f - sig)));
+      }
+      for (; j < end; ++j) {
+        const float x = Io<S>::get(gp[j]), d = Io<S>::get(dp[j]);
+        const float sig = 1.f / (1.f + exp_f(-x));
+        dup[j] = Io<S>::put(d * Io<S>::round(x / (1.f + exp_f(-x))));
+        const float ds = Io<S>::round(d * Io<S>::get(up[j]));
+        dgp[j] = Io<S>::put(ds * sig * (1.f + x * (1.f - sig)));
+      }
+    });
+  });
+  return {dg, du};
+}
+
 // Per-row statistics of softmax(z * inv_temp) for one chunk of head logits z [C, V] (the
 // model dtype, as the head matmul returns them), in three passes over each row while it sits
 // in L2: the max, then the exponentials (kept, fp32) and their sum, then the probabilities.
@@ -808,6 +872,8 @@ TORCH_LIBRARY(openrft_cpu, m) {
   m.def("attn_softmax_bwd(Tensor g, Tensor p32, float scaling) -> Tensor");
   m.def("rms_norm_fwd(Tensor x, Tensor w, float eps) -> Tensor[]");
   m.def("sample_logits(Tensor z, float inv_temp, Tensor u) -> Tensor[]");
+  m.def("silu_mul_fwd(Tensor g, Tensor u) -> Tensor");
+  m.def("silu_mul_bwd(Tensor dy, Tensor g, Tensor u) -> Tensor[]");
   m.def("rms_norm_bwd(Tensor g, Tensor x, Tensor w, Tensor rstd) -> Tensor");
 }
 
@@ -821,5 +887,7 @@ TORCH_LIBRARY_IMPL(openrft_cpu, CPU, m) {
   m.impl("attn_softmax_bwd", &attn_softmax_bwd);
   m.impl("rms_norm_fwd", &rms_norm_fwd);
   m.impl("sample_logits", &sample_logits);
+  m.impl("silu_mul_fwd", &silu_mul_fwd);
+  m.impl("silu_mul_bwd", &silu_mul_bwd);
   m.impl("rms_norm_bwd", &rms_norm_bwd);
 }
