@@ -538,6 +538,21 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
   return out;
 }
 
+// o[j] = round(round(silu(g[j])) * u[j]) for j < n, 16 lanes at a time then the rest: the
+// rounding of PyTorch's silu then product, shared by the decode step and the training MLP.
+template <typename S>
+inline void silu_times(const S* g, const S* u, S* o, int64_t n) {
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const vf x = load16(g + j);
+    store16(o + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(u + j));
+  }
+  for (; j < n; ++j) {
+    const float x = Io<S>::get(g[j]);
+    o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
+  }
+}
+
 // gu [N, 2 I] (gate then up, as the fused projection writes them) -> round(round(silu(g)) * u).
 at::Tensor silu_mul(const at::Tensor& gu) {
   TORCH_CHECK(gu.is_contiguous() && gu.dim() == 2 && gu.size(1) % 2 == 0, "gu: [N, 2 I]");
@@ -550,17 +565,7 @@ at::Tensor silu_mul(const at::Tensor& gu) {
     at::parallel_for(0, n, 2, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const S* g = src + i * 2 * inter;
-        const S* u = g + inter;
-        S* o = op + i * inter;
-        int64_t j = 0;
-        for (; j + W <= inter; j += W) {
-          const vf x = load16(g + j);
-          store16(o + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(u + j));
-        }
-        for (; j < inter; ++j) {
-          const float x = Io<S>::get(g[j]);
-          o[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(u[j]));
-        }
+        silu_times(g, g + inter, op + i * inter, inter);
       }
     });
   });
@@ -649,15 +654,7 @@ at::Tensor silu_mul_fwd(const at::Tensor& g, const at::Tensor& u) {
     const S* up = ptr<S>(u);
     S* yp = ptr<S>(y);
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-      int64_t j = begin;
-      for (; j + W <= end; j += W) {
-        const vf x = load16(gp + j);
-        store16(yp + j, round16(x / (1.f + exp_v(-x)), S{}) * load16(up + j));
-      }
-      for (; j < end; ++j) {
-        const float x = Io<S>::get(gp[j]);
-        yp[j] = Io<S>::put(Io<S>::round(x / (1.f + exp_f(-x))) * Io<S>::get(up[j]));
-      }
+      silu_times(gp + begin, up + begin, yp + begin, end - begin);
     });
   });
   return y;
