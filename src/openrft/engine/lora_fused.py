@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openrft.engine.forward_swap import swapped_forwards
+
 
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
@@ -114,20 +116,5 @@ def fused_lora(model: torch.nn.Module) -> Iterator[int]:
     except ImportError:
         yield 0
         return
-    switched = []
-    for module in model.modules():
-        if type(module) is LoraLinear and "forward" not in module.__dict__:
-            peft_forward = module.forward
-
-            def fwd(
-                x: torch.Tensor, *a: Any, _m: Any = module, _f: Any = peft_forward, **k: Any
-            ) -> torch.Tensor:
-                return _forward(_m, _f, x, *a, **k)
-
-            module.forward = fwd
-            switched.append(module)
-    try:
-        yield len(switched)
-    finally:
-        for module in switched:
-            del module.forward
+    with swapped_forwards(model, lambda m: type(m) is LoraLinear, _forward) as n:
+        yield n

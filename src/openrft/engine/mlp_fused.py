@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from openrft.engine import cpu_kernels
+from openrft.engine.forward_swap import swapped_forwards
 
 MLP_TYPES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 SILU_TYPES = ("SiLU", "SiLUActivation")  # torch's and transformers' (both F.silu)
@@ -56,21 +57,10 @@ def fused_mlp(model: torch.nn.Module) -> Iterator[int]:
     if cpu_kernels.load() is None:
         yield 0
         return
-    switched = []
-    for module in model.modules():
-        act = type(getattr(module, "act_fn", None)).__name__
-        if type(module).__name__ in MLP_TYPES and act in SILU_TYPES and "forward" not in module.__dict__:
-            own_forward = module.forward
+    with swapped_forwards(model, _is_silu_mlp, _forward) as n:
+        yield n
 
-            def fwd(
-                x: torch.Tensor, *a: Any, _m: Any = module, _f: Any = own_forward, **k: Any
-            ) -> torch.Tensor:
-                return _forward(_m, _f, x, *a, **k)
 
-            module.forward = fwd
-            switched.append(module)
-    try:
-        yield len(switched)
-    finally:
-        for module in switched:
-            del module.forward
+def _is_silu_mlp(module: torch.nn.Module) -> bool:
+    act = type(getattr(module, "act_fn", None)).__name__
+    return type(module).__name__ in MLP_TYPES and act in SILU_TYPES

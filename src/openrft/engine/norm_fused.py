@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from openrft.engine import cpu_kernels
+from openrft.engine.forward_swap import swapped_forwards
 
 # the modules whose forward is exactly round(w * round(x * rsqrt(mean(x^2) + eps)))
 NORM_TYPES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -61,20 +62,5 @@ def fused_rms_norm(model: torch.nn.Module) -> Iterator[int]:
     if cpu_kernels.load() is None:
         yield 0
         return
-    switched = []
-    for module in model.modules():
-        if type(module).__name__ in NORM_TYPES and "forward" not in module.__dict__:
-            own_forward = module.forward
-
-            def fwd(
-                x: torch.Tensor, *a: Any, _m: Any = module, _f: Any = own_forward, **k: Any
-            ) -> torch.Tensor:
-                return _forward(_m, _f, x, *a, **k)
-
-            module.forward = fwd
-            switched.append(module)
-    try:
-        yield len(switched)
-    finally:
-        for module in switched:
-            del module.forward
+    with swapped_forwards(model, lambda m: type(m).__name__ in NORM_TYPES, _forward) as n:
+        yield n
