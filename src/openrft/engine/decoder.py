@@ -103,7 +103,7 @@ class _Linear:
         if seen == self.seen:
             return
         self.seen = seen
-        if self.gemm is not None and all(lin.out_features % 16 == 0 for lin in self.sources):
+        if self.gemm is not None and self.packed_bytes(self.sources):
             self._pack_in_place()
             return
         w = torch.cat([lin.weight for lin in self.sources], dim=0).contiguous()
@@ -286,7 +286,7 @@ class LeanDecoder:
         self.v: list[torch.Tensor] = []
         self.rows = 0
         self.cos = self.sin = torch.empty(0)
-        self.blocked = False  # keys in the kernels' 16-column blocks (set by allocate)
+        self.blocked = self.ops is not None  # keys in the kernels' 16-column blocks (allocate)
         self.written = 0  # cache columns written so far
         # shared prompts (see repeat_rows): row i's first `shared` columns equal row src[i]'s
         self.shared = 0
@@ -309,7 +309,6 @@ class LeanDecoder:
         # D keys land in 2 KB instead of D cache lines far apart.
         kv, d, dt = self.n_kv, self.head_dim, self.dtype
         dev = self.device
-        self.blocked = self.ops is not None
         shape = (rows, kv, -(-length // KEY_BLOCK), d, KEY_BLOCK) if self.blocked else (rows, kv, d, length)
         self.k = [torch.zeros(shape, dtype=dt, device=dev) for _ in self.layers]
         self.v = [torch.zeros((rows, kv, length, d), dtype=dt, device=dev) for _ in self.layers]
