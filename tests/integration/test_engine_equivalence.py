@@ -372,6 +372,21 @@ def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft_in_bf16(tiny_model_dir: 
     assert 0 < ours_err < 1.25 * peft_err, (ours_err, peft_err)
 
 
+def _own_and_fused(holder: torch.nn.Module, fuse: Any, x: torch.Tensor, up: torch.Tensor) -> list[Any]:
+    """(output, input gradient) of `holder`'s one module through its own forward, then through
+    the fused op `fuse` switches in (which must switch exactly it, and give it back after)."""
+    out = []
+    for fused in (False, True):
+        xg = x.clone().requires_grad_(True)
+        with fuse(holder) if fused else contextlib.nullcontext(1) as n:
+            assert n == 1
+            y = holder(xg)
+        y.backward(up)
+        out.append((y.detach(), xg.grad))
+    assert "forward" not in holder[0].__dict__
+    return out
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_rms_norm_equals_transformers_rms_norm_with_gradients(dtype: torch.dtype) -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -386,18 +401,9 @@ def test_fused_rms_norm_equals_transformers_rms_norm_with_gradients(dtype: torch
     with torch.no_grad():
         norm.weight.copy_(torch.randn(96, generator=g) * 0.3 + 1)
     norm.weight.requires_grad_(False)  # frozen, as under LoRA
-    x = (torch.randn(3, 40, 96, generator=g) * 2).to(dtype).requires_grad_(True)
+    x = (torch.randn(3, 40, 96, generator=g) * 2).to(dtype)
     up = torch.randn(3, 40, 96, generator=g).to(dtype)
-    out = []
-    for fused in (False, True):
-        with fused_rms_norm(holder) if fused else contextlib.nullcontext(1) as n:
-            assert n == 1
-            y = holder(x)
-        y.backward(up)
-        out.append((y.detach(), x.grad))
-        x.grad = None
-    assert "forward" not in norm.__dict__
-    (y_ref, dx_ref), (y, dx) = out
+    (y_ref, dx_ref), (y, dx) = _own_and_fused(holder, fused_rms_norm, x, up)
     if dtype == torch.float32:
         torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
@@ -449,18 +455,9 @@ def test_fused_silu_mul_equals_the_mlps_own_forward_with_gradients(dtype: torch.
     ).to(dtype)
     for p in holder.parameters():
         p.requires_grad_(False)  # frozen base; gradients flow to the input (and LoRA in real runs)
-    x = (torch.randn(3, 50, 48) * 2).to(dtype).requires_grad_(True)
+    x = (torch.randn(3, 50, 48) * 2).to(dtype)
     up = torch.randn(3, 50, 48).to(dtype)
-    out = []
-    for fused in (False, True):
-        with fused_mlp(holder) if fused else contextlib.nullcontext(1) as n:
-            assert n == 1
-            y = holder(x)
-        y.backward(up)
-        out.append((y.detach(), x.grad))
-        x.grad = None
-    assert "forward" not in holder[0].__dict__
-    (y_ref, dx_ref), (y, dx) = out
+    (y_ref, dx_ref), (y, dx) = _own_and_fused(holder, fused_mlp, x, up)
     if dtype == torch.float32:
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-5)
