@@ -76,7 +76,7 @@ def main() -> None:
                 lambda: rs.score(prompts, completions, examples, ["batched"]), n, args.repeats
             )
             iso = rs.isolation()[0]
-    print(f"isolation: namespaces={iso['namespaces']} limits={iso['limits']}")
+    print(f"isolation: mode={iso['mode']} limits={iso['limits']}")
     print(f"direct in-process call             : {direct:8.4f} ms/call (peer)")
     print(f"isolated, 1 sample per score()     : {single:8.4f} ms/call  ratio {single / direct:8.0f}x")
     print(

@@ -1,8 +1,9 @@
 """Hostile reward functions: each ends in its defined outcome, is counted, and the run goes on.
 
-One RewardSet runs every hostile function over two samples, with and without `unshare`
-namespaces (the degraded mode leans on rlimits and the audit hook alone). Network tests only
-ever target a loopback port served by the test itself.
+One RewardSet runs every hostile function over two samples in each isolation mode: the bubblewrap
+sandbox, `unshare` namespaces, and hooks only (the degraded mode leans on rlimits and the audit
+hook alone). tests/integration/test_sandbox_escapes.py holds the escapes the sandbox must stop.
+Network tests only ever target a loopback port served by the test itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from openrft.rewards import RewardScores, RewardSet
+from openrft.rewards import RewardScores, RewardSet, jail
 from openrft.rewards.pool import namespace_prefix
 
 HOSTILE = """
@@ -86,9 +87,11 @@ def secret(prompt, completion, example):
     return 1.0 if found else 0.0
 
 def where(prompt, completion, example):
-    home_ok = os.environ["HOME"] == os.getcwd() and "openrft-rewards-" in os.getcwd()
+    cwd = os.getcwd()
+    home_ok = os.environ["HOME"] == cwd and (cwd == "/tmp" or "openrft-rewards-" in cwd)
+    home_ok = home_ok and os.environ.get("PWD", cwd) == cwd  # bwrap sets PWD after its chdir
     return 1.0 if home_ok and set(os.environ) <= {"PATH", "HOME", "TMPDIR", "PYTHONPATH", "LANG",
-        "LC_ALL", "LC_CTYPE", "TZ", "PYTHONDONTWRITEBYTECODE"} else 0.0
+        "LC_ALL", "LC_CTYPE", "TZ", "PYTHONDONTWRITEBYTECODE", "PWD"} else 0.0
 
 def nan(prompt, completion, example):
     return float("nan")
@@ -146,6 +149,7 @@ USER_ERRORS = {
     "deaf_sleep": "did not respond to the alarm and was killed",
 }
 HAVE_NAMESPACES = namespace_prefix(False) is not None
+HAVE_SANDBOX = jail.available() is None
 
 
 @pytest.fixture(scope="module")
@@ -172,20 +176,22 @@ def loopback_port() -> Iterator[int]:
     server.close()
 
 
-@pytest.fixture(scope="module", params=["namespaces", "hooks-only"])
+@pytest.fixture(scope="module", params=["sandbox", "namespaces", "hooks"])
 def hostile(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, loopback_port: int
 ) -> Iterator[tuple[str, RewardScores, RewardSet]]:
     mode = request.param
     if mode == "namespaces" and not HAVE_NAMESPACES:
         pytest.skip("unshare namespaces are not available here")
+    if mode == "sandbox" and not HAVE_SANDBOX:
+        pytest.skip(f"the bubblewrap sandbox is not available here: {jail.available()}")
     path = tmp_path_factory.mktemp("hostile") / "hostile.py"
     path.write_text(HOSTILE)
     specs = [{"name": n, "function": f"{path}:{n}", "timeout_s": 0.5} for n in NAMES]
     specs.append({"name": "net_allowed", "function": f"{path}:net", "allow_network": True})
     os.environ["OPENRFT_TEST_SECRET"] = "hunter2"
     try:
-        rs = RewardSet(specs, max_error_rate=1.0, namespaces=(mode == "namespaces"))
+        rs = RewardSet(specs, max_error_rate=1.0, isolation=mode)
     finally:
         del os.environ["OPENRFT_TEST_SECRET"]
     try:
@@ -244,7 +250,7 @@ def test_network_allowed_per_function(hostile: tuple[str, RewardScores, RewardSe
 
 def test_network_namespace_stops_libc_level_connect(hostile: tuple[str, RewardScores, RewardSet]) -> None:
     mode, scores, _ = hostile
-    if mode != "namespaces":
+    if mode == "hooks":
         pytest.skip("without a network namespace, libc-level sockets bypass the audit hook (documented)")
     assert scores.column("net_ctypes") == [0.0, 0.0]
 
@@ -286,25 +292,53 @@ def test_memory_cap_refuses_4gb_quickly(hostile: tuple[str, RewardScores, Reward
     assert scores.errors["alloc"] == 1 and "MemoryError" in scores.tracebacks["alloc"][-1]
 
 
-def test_worker_killed_from_outside_is_retried_without_penalty(tmp_path: Path) -> None:
+def _state(pid: int) -> str:
+    """A process's state letter ('Z': a zombie, finished); '' when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            children.setdefault(int(stat[stat.rfind(")") + 2 :].split()[1]), []).append(int(entry))
+        except (OSError, ValueError):
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "namespaces"])
+def test_worker_killed_from_outside_is_retried_without_penalty(tmp_path: Path, mode: str) -> None:
+    if mode == "sandbox" and not HAVE_SANDBOX:
+        pytest.skip(f"the bubblewrap sandbox is not available here: {jail.available()}")
+    if mode == "namespaces" and not HAVE_NAMESPACES:
+        pytest.skip("unshare namespaces are not available here")
     (tmp_path / "r.py").write_text(
-        "import os, time\n"
-        "def slow_once(prompt, completion, example):\n"
-        "    marker = os.path.join(example['dir'], 'started')\n"
-        "    if not os.path.exists(marker):\n"
-        "        open(marker, 'w').close()\n"
-        "        time.sleep(30)\n"
-        "    return 0.75\n"
+        "import time\ndef slow(prompt, completion, example):\n    time.sleep(1.5)\n    return 0.75\n"
     )
-    with RewardSet([{"name": "r", "function": "r.py:slow_once"}], tmp_path, pool_size=1) as rs:
-        future = rs.submit(["p"], ["c"], [{"dir": str(tmp_path)}])
-        deadline = time.monotonic() + 20
-        while not (tmp_path / "started").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        for pid in rs.worker_pids():
-            os.kill(pid, signal.SIGKILL)
+    with RewardSet([{"name": "r", "function": "r.py:slow"}], tmp_path, pool_size=1, isolation=mode) as rs:
+        future = rs.submit(["p"], ["c"], [{}])
+        time.sleep(0.7)  # the warm worker is inside the call by now
+        killed = set(rs.worker_pids())
+        inside = set().union(*(_descendants(pid) for pid in killed))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)  # in the sandbox: the outer bwrap; everything inside dies too
         scores = future.result(timeout=30)
+        left = [(pid, _state(pid)) for pid in inside if _state(pid) not in ("", "Z")]
+        assert left == []  # no orphan survives its worker
     assert scores.column("r") == [0.75]
     assert scores.errors["r"] == 0 and scores.infra_errors["r"] == 0
     assert scores.infra_retries["r"] == 1

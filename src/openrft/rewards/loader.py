@@ -215,6 +215,31 @@ def check_function(
     return ref
 
 
+def source_paths(
+    function: str, base_dir: str | Path | None = None, kwargs: dict[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Host paths a function's sandboxed worker must be able to read, besides the Python
+    installation: a file's folder (it may import its neighbours), the import root of a module
+    found outside the installation, and a local judge model's folders. Call after
+    `check_function`."""
+    ref = parse_ref(function, base_dir)
+    if ref.kind == "file":
+        return (os.path.dirname(ref.target),)
+    if ref.kind == "module":
+        top = _find_spec(ref.target.split(".")[0], search_path(base_dir))
+        if top is None or not top.origin or not os.path.isabs(top.origin):
+            return ()
+        package = list(top.submodule_search_locations or [])
+        return (os.path.dirname(package[0] if package else top.origin),)
+    local = (kwargs or {}).get("local_model")
+    if ref.target == "llm_judge" and isinstance(local, str) and local:
+        from openrft.models.registry import models_dir
+
+        paths = [str(models_dir()), os.environ.get("HF_HOME", "")]
+        return tuple(p for p in (*paths, local) if p and os.path.isdir(p))
+    return ()
+
+
 # ----------------------------------------------------------------------------------------------
 # Worker side
 # ----------------------------------------------------------------------------------------------

@@ -2,9 +2,20 @@
 
 Why `subprocess` and not `multiprocessing`: the worker must start with a clean environment
 (``/proc/self/environ`` keeps the *initial* environment, so scrubbing ``os.environ`` after a
-spawn is not enough), optionally inside ``unshare`` namespaces, and must speak a protocol that
+spawn is not enough), inside the bubblewrap sandbox (`jail`), and must speak a protocol that
 never unpickles its output in the trainer (`protocol`). A subprocess with an explicit ``env``,
 a command prefix and two pipes gives all three.
+
+Isolation modes (`PoolSettings.isolation`, default ``$OPENRFT_REWARD_ISOLATION`` or ``auto``):
+
+- ``sandbox``: the bubblewrap sandbox of `jail` (user, PID, network namespaces, an unprivileged
+  uid, a read-only view of only the Python and the reward's source, seccomp); required: where it
+  does not work, starting a pool raises `RewardError` saying why. The server runs tenants' code so.
+- ``auto``: the sandbox where it works; else the weaker ``namespaces`` (or ``hooks``) mode, said
+  once as a warning (a user's own machine without bubblewrap, macOS).
+- ``namespaces``: ``unshare`` PID + network namespaces, rlimits, the audit hook (the pre-sandbox
+  isolation: the worker keeps the caller's uid and sees the whole file system).
+- ``hooks``: rlimits and the audit hook only.
 
 Each `WorkerPool` serves one `Profile` (network on/off, memory cap) with ``size`` warm workers,
 each driven by one thread (`_Slot`) that takes requests from a shared queue. The slot turns
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import queue
 import select
@@ -37,17 +49,19 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import openrft
 from openrft.errors import RewardError
+from openrft.rewards import jail, seccomp
 from openrft.rewards.outcomes import Outcome
 from openrft.rewards.protocol import INTERNAL_ERROR_EXIT, MAX_LINE, decode_line, encode_frame, write_all
 from openrft.rewards.sandbox import make_pids_cgroup, remove_cgroup, user_process_count
 
+log = logging.getLogger("openrft.rewards")
+
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-_PKG_ROOT = str(Path(openrft.__file__).resolve().parent.parent)
+ISOLATION_MODES = ("auto", "sandbox", "namespaces", "hooks")
+ISOLATION_ENV = "OPENRFT_REWARD_ISOLATION"
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class Profile:
     allow_network: bool = False
     memory_mb: int = 2048
     env: tuple[str, ...] = ()  # trainer environment variables passed into these workers (by name)
+    read_only: tuple[str, ...] = ()  # host paths the sandboxed workers see (the functions' sources)
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,8 @@ class PoolSettings:
     """Knobs shared by all pools of a `RewardSet`."""
 
     size: int = 2
-    namespaces: bool | None = None  # None: use them when `unshare` works; True: require; False: never
+    isolation: str = "auto"  # see the module docstring; `default_isolation()` reads the environment
+    tmp_mb: int = 256  # size of the sandbox's private /tmp (memory-backed)
     cpu_s: int = 3600  # RLIMIT_CPU per worker (backstop); workers are recycled at 80% of it
     fsize_mb: int = 1024  # largest file a reward may write
     max_procs: int = 16  # processes a worker may have: pids cgroup (root) or RLIMIT_NPROC head-room
@@ -102,12 +118,65 @@ def namespace_prefix(allow_network: bool) -> list[str] | None:
         return found
 
 
+def default_isolation() -> str:
+    """``$OPENRFT_REWARD_ISOLATION`` when set (one of `ISOLATION_MODES`), else ``auto``."""
+    value = os.environ.get(ISOLATION_ENV, "").strip() or "auto"
+    if value not in ISOLATION_MODES:
+        raise RewardError(f"{ISOLATION_ENV}={value!r}: use one of {', '.join(ISOLATION_MODES)}")
+    return value
+
+
+_warned: set[str] = set()
+
+
+def resolve_isolation(mode: str, allow_network: bool) -> str:
+    """The mode a worker really runs in: 'sandbox', 'namespaces' or 'hooks' (see the module
+    docstring); `RewardError` when a required mode does not work here."""
+    if mode not in ISOLATION_MODES:
+        raise RewardError(f"reward isolation {mode!r}: use one of {', '.join(ISOLATION_MODES)}")
+    if mode in ("sandbox", "auto"):
+        why = jail.available(allow_network)
+        if why is None:
+            return "sandbox"
+        if mode == "sandbox":
+            raise RewardError(f"reward sandbox required but unavailable: {why}")
+        fallback = "namespaces" if namespace_prefix(allow_network) is not None else "hooks"
+        with _prefix_lock:
+            if why not in _warned:
+                _warned.add(why)
+                log.warning(
+                    "reward sandbox unavailable (%s): reward code runs with %s isolation only "
+                    "(its own uid, the whole file system readable)",
+                    why,
+                    fallback,
+                )
+        return fallback
+    if mode == "namespaces" and namespace_prefix(allow_network) is None:
+        raise RewardError("reward isolation: namespaces were required but `unshare` does not work here")
+    return mode
+
+
+def _stage_unreadable(folders: tuple[str, ...], into: str) -> dict[str, str]:
+    """Copies of the source folders that the sandbox user cannot read (see `jail.stage`)."""
+    uid, gid = jail.sandbox_ids()
+    staged = {}
+    for folder in jail.minimal_roots(folders):
+        if os.path.isdir(folder) and not jail.readable_by(folder, uid, gid):
+            try:
+                staged[folder] = jail.stage(folder, into)
+            except (OSError, ValueError) as e:
+                raise RewardError(f"reward sandbox: cannot copy {folder} for the sandbox ({e})") from None
+    return staged
+
+
 def worker_env(home: str, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
     """The whole environment of a worker: nothing from the trainer but locale, PATH and the
     variables its profile names (`Profile.env`, e.g. a judge's API key; missing ones are skipped)."""
     env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
-    env.update(HOME=home, TMPDIR=home, PYTHONPATH=_PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
+    if home == jail.SANDBOX_TMP:  # the host's PATH names folders the sandbox does not have
+        env["PATH"] = jail.sandbox_path()
+    env.update(HOME=home, TMPDIR=home, PYTHONPATH=jail.PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
@@ -146,37 +215,59 @@ class WorkerProcess:
         self.generation = generation  # the pool's generation when started (see `WorkerPool.recycle`)
         self.dir = tempfile.mkdtemp(prefix="w-", dir=root)
         self.log_path = self.dir + ".log"
-        prefix = namespace_prefix(profile.allow_network) if settings.namespaces is not False else None
-        if settings.namespaces is True and prefix is None:
-            raise RewardError("reward isolation: namespaces were required but `unshare` does not work here")
-        self.namespaced = prefix is not None
+        self.mode = resolve_isolation(settings.isolation, profile.allow_network)
+        self.namespaced = self.mode != "hooks"
         self.cgroup = make_pids_cgroup(settings.max_procs) if os.geteuid() == 0 else None
-        cmd = [*(prefix or []), sys.executable, "-m", "openrft.rewards.worker"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                cwd=self.dir,
-                env=worker_env(self.dir, profile.env),
-                start_new_session=True,
-                close_fds=True,
-                bufsize=0,
+        argv = [sys.executable, "-m", "openrft.rewards.worker"]
+        home, fds = self.dir, ()
+        if self.mode == "sandbox":
+            view = [*jail.python_paths(), *profile.read_only]
+            staged = _stage_unreadable(profile.read_only, self.dir)
+            fds = (seccomp.program_fd(),)
+            argv = jail.command(
+                argv,
+                view,
+                network=profile.allow_network,
+                seccomp_fd=fds[0],
+                tmp_mb=settings.tmp_mb,
+                staged=staged,
             )
+            argv, home = jail.with_cgroup(argv, self.cgroup), jail.SANDBOX_TMP
+        elif self.mode == "namespaces":
+            argv = [*(namespace_prefix(profile.allow_network) or []), *argv]
+        try:
+            with open(self.log_path, "wb") as log_file:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    cwd=self.dir,
+                    env=worker_env(home, profile.env),
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=fds,
+                    bufsize=0,
+                )
+        finally:
+            for fd in fds:
+                os.close(fd)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.in_fd, self.out_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self._buf = bytearray()
         self.limits: dict[str, bool] = {}
         self.cpu_s = settings.cpu_s
-        nproc = None if os.geteuid() == 0 else user_process_count() + settings.max_procs
+        # RLIMIT_NPROC binds every uid but root's: the sandbox's (nobody) or the caller's.
+        uid = jail.sandbox_ids()[0] if self.mode == "sandbox" else os.getuid()
+        nproc = None if uid == 0 else user_process_count(uid) + settings.max_procs
         self.send(
             {
                 "memory_mb": profile.memory_mb,
                 "cpu_s": settings.cpu_s,
                 "fsize_mb": settings.fsize_mb,
                 "nproc": nproc,
-                "cgroup": self.cgroup,
+                # In the sandbox the trampoline joined the cgroup already (the worker sees no /sys).
+                "cgroup": None if self.mode == "sandbox" else self.cgroup,
                 "allow_network": profile.allow_network,
                 "sys_path": sys_path,
             }
@@ -204,11 +295,17 @@ class WorkerProcess:
             return ""
 
     def status(self) -> int | None:
+        """The worker's exit status; negative = killed by that signal. bwrap reports a child
+        killed by signal N as exit status 128 + N, read back as -N here (a reward that calls
+        ``os._exit(128 + N)`` itself is taken for a crash: retried, then excluded)."""
         try:
-            return self.proc.wait(timeout=5)
+            code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.kill()
-            return self.proc.returncode
+            code = self.proc.returncode
+        if self.mode == "sandbox" and code is not None and 128 < code < 128 + signal.NSIG:
+            return -(code - 128)
+        return code
 
     def gone(self, why: str = "", since: int = 0) -> WorkerGone:
         if why:  # the worker is alive but broke the protocol
@@ -467,6 +564,8 @@ class _Slot(threading.Thread):
                 msg, last = None, f"{gone}: {gone.log}"
             if msg is not None and msg.get("ready"):
                 worker.limits = msg.get("limits", {})
+                if worker.mode == "sandbox":
+                    worker.limits["pids_cgroup"] = worker.cgroup is not None
                 self.worker = worker
                 return worker
             last = last or "no answer"
@@ -526,6 +625,7 @@ class WorkerPool:
         workers = [s.worker for s in self.slots if s.worker is not None]
         limits = workers[0].limits if workers else {}
         return {
+            "mode": workers[0].mode if workers else None,
             "namespaces": bool(workers) and all(w.namespaced for w in workers),
             "network": self.profile.allow_network,
             "limits": limits,

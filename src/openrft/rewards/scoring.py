@@ -41,6 +41,7 @@ from openrft.rewards.pool import (
     PoolSettings,
     Profile,
     WorkerPool,
+    default_isolation,
     default_pool_size,
 )
 from openrft.rewards.spec import RewardSpec
@@ -227,7 +228,9 @@ class RewardSet:
         min_samples_for_error_rate: calls of a function before its rate is judged.
         pool_size: workers per isolation profile; default min(2, CPU count).
         value_cap: largest accepted abs(value); bigger or non-finite values are user errors.
-        namespaces: None = use `unshare` namespaces when they work; True = require; False = never.
+        isolation: 'sandbox' (bubblewrap, required), 'auto' (the sandbox where it works, else
+            weaker isolation with a warning), 'namespaces' or 'hooks'; None = $OPENRFT_REWARD_ISOLATION
+            or 'auto' (see `openrft.rewards.pool`).
 
     Raises:
         RewardError: a function string does not resolve, or a function fails to load.
@@ -242,7 +245,7 @@ class RewardSet:
         min_samples_for_error_rate: int = 20,
         pool_size: int | None = None,
         value_cap: float = VALUE_CAP,
-        namespaces: bool | None = None,
+        isolation: str | None = None,
     ) -> None:
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec.model_validate(s) for s in specs]
         if not self.specs:
@@ -263,7 +266,9 @@ class RewardSet:
         self._lock = threading.Lock()
         self._stats = [_Stats() for _ in self.specs]
         self._closed = False
-        settings = PoolSettings(size=pool_size or default_pool_size(), namespaces=namespaces)
+        settings = PoolSettings(
+            size=pool_size or default_pool_size(), isolation=isolation or default_isolation()
+        )
         sys_path = loader.search_path(self.base_dir)
         self._settings, self._sys_path = settings, sys_path
         self._pools: dict[Profile, WorkerPool] = {}
@@ -282,7 +287,12 @@ class RewardSet:
     # -- setup -----------------------------------------------------------------------------------
     def _pool_for(self, spec: RewardSpec) -> Profile:
         """The profile of a spec's workers, starting its pool if it is new."""
-        profile = Profile(allow_network=spec.allow_network, memory_mb=spec.memory_mb, env=spec.worker_env())
+        profile = Profile(
+            allow_network=spec.allow_network,
+            memory_mb=spec.memory_mb,
+            env=spec.worker_env(),
+            read_only=loader.source_paths(spec.function, self.base_dir, spec.kwargs),
+        )
         if profile not in self._pools:
             self._pools[profile] = WorkerPool(profile, self._settings, self._sys_path)
         return profile
