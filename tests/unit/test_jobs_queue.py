@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from openrft.jobs import procs, queue
-from openrft.jobs.worker import outcome
+from openrft.jobs.worker import JobWorker, Running, outcome
 from openrft.server.store import Store
 
 OOM = "out of memory, or killed from outside"
@@ -182,6 +182,36 @@ def test_a_failed_job_with_a_checkpoint_resumes_and_its_count_starts_again(store
     queue.finish(store, job["id"], "succeeded")
     with pytest.raises(ValueError, match="only a paused job, or a failed one with a checkpoint"):
         queue.request(store, job["id"], "resume")
+
+
+def _collect(store: Store, job_id: str, code: str, *, signalled: bool) -> str:
+    """Let a JobWorker collect a real process (running `code`) as the job's training process."""
+    worker = JobWorker(store, max_attempts=3)
+    job = queue.claim(store, worker.me)
+    assert job is not None and job["id"] == job_id
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    queue.set_process(store, job_id, proc.pid, procs.start_time(proc.pid))
+    proc.wait(timeout=30)
+    log = queue.job_log_path(job["run_dir"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    run = Running(job_id, Path(job["run_dir"]), proc, log.open("ab"), signalled_at=1.0 if signalled else None)
+    worker._collect(run)
+    return store.get_job(job_id)["status"]
+
+
+def test_the_worker_retries_a_killed_process_but_not_one_it_stopped_itself(store: Store) -> None:
+    job = queue.enqueue(store, config=CONFIG)
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert _collect(store, job["id"], killed, signalled=False) == "queued"
+    assert json.loads(store.job_events(job["id"])[-1]["detail"]) == {
+        "attempt": 2,
+        "cause": f"training process killed by SIGKILL ({OOM})",
+    }
+    # the worker stopped it for a pause that the user then took back: re-queued, not a crash
+    assert _collect(store, job["id"], killed, signalled=True) == "queued"
+    assert store.job_events(job["id"])[-1]["event"] == "queued"
+    assert _collect(store, job["id"], "raise SystemExit(2)", signalled=False) == "failed"  # not retried
+    assert [e["event"] for e in store.job_events(job["id"])].count("retry") == 1
 
 
 def test_process_identity_guards_against_pid_reuse() -> None:
