@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,9 @@ def _logged_steps(run_dir: Path) -> list[int]:
     return steps
 
 
-def _steps_in_metrics_file(run_dir: Path) -> list[int]:
-    """The steps in a finished run's metrics.jsonl, every line whole."""
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _steps_in_metrics_file(run_dir: Path, name: str = "metrics.jsonl") -> list[int]:
+    """The step of each line of a finished run's metrics.jsonl (or samples.jsonl), every line whole."""
+    return [json.loads(line)["step"] for line in (run_dir / name).read_text().splitlines()]
 
 
 def _kill_training(store: Store, job: Job, *, steps_past_checkpoint: bool) -> tuple[int, int]:
@@ -151,6 +152,8 @@ def test_a_killed_training_process_continues_from_its_last_checkpoint_and_succee
     assert job.data["attempts"] == 2
     assert _retries(job) == [{"attempt": 2, "cause": KILLED}]
     assert _steps_in_metrics_file(run_dir) == [1, 2, 3, 4, 5]  # each step exactly once
+    samples = Counter(_steps_in_metrics_file(run_dir, "samples.jsonl"))
+    assert sorted(samples) == [1, 2, 3, 4, 5] and len(set(samples.values())) == 1, samples
     assert [m["step"] for m in job.metrics()] == [1, 2, 3, 4, 5]
     log = job.logs()
     assert "--- process exited with code -9 ---" in log
