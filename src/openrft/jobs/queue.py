@@ -6,7 +6,13 @@ States::
       ^  \\                |  \\--error--> failed
       |   cancel           |--cancel--> cancelled
       |      \\             |--pause---> paused --resume--> queued
-      |       -> cancelled  \\--server restart / crash--> queued (resumes from its last checkpoint)
+      |       -> cancelled  |--server restart / crash--> queued (resumes from its last checkpoint)
+      |                     \\--process killed by a signal--> queued ('retry': from its last checkpoint)
+      \\--<--resume-- failed (one with a checkpoint)
+
+An interruption that is not the job's fault (its server died under it, or its training process was
+killed by a signal: out of memory, kill -9, a native crash) re-queues the job; the `max_attempts`-th
+interruption since the user last resumed it fails the job instead.
 
 A job is claimed with one `UPDATE ... WHERE id=(oldest queued) AND status='queued'`, so two
 workers can never both run it. The worker that runs a job is written on the row ('PID:START' of
@@ -163,24 +169,78 @@ def request(store: Store, job_id: str, action: str) -> dict[str, Any] | None:
             if status == "paused":
                 db.execute("UPDATE jobs SET status='queued', updated_at=? WHERE id=?", (now, job_id))
                 log_event(db, job_id, "resumed")
+            elif status == "failed":
+                _resume_failed(db, job_id, now)
             elif status == "running":
                 db.execute(
                     "UPDATE jobs SET requested=NULL, updated_at=? WHERE id=? AND requested='pause'",
                     (now, job_id),
                 )
             elif status != "queued":
-                raise ValueError(f"job {job_id} is {status}; only a paused job can be resumed")
+                raise ValueError(
+                    f"job {job_id} is {status}; only a paused job, or a failed one with a checkpoint,"
+                    " can be resumed"
+                )
         else:
             raise ValueError(f"unknown action {action!r}; use cancel, pause or resume")
     return store.get_job(job_id)
+
+
+def _resume_failed(db: Any, job_id: str, now: float) -> None:
+    """Re-queue a failed job that has a checkpoint: it continues from there (ValueError if none)."""
+    row = db.execute("SELECT run_dir, error FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if not has_checkpoint(row["run_dir"]):
+        raise ValueError(
+            f"job {job_id} failed before writing a checkpoint, so there is nothing to resume; submit it again"
+        )
+    db.execute(
+        "UPDATE jobs SET status='queued', error=NULL, finished_at=NULL, updated_at=? WHERE id=?",
+        (now, job_id),
+    )
+    log_event(db, job_id, "resumed", f"from its last checkpoint after: {row['error']}")
+
+
+def retry(store: Store, job_id: str, cause: str, *, max_attempts: int) -> str:
+    """A running job's training process was killed (`cause`, one line): re-queue it to continue
+    from its last checkpoint, with a `retry` event {"attempt", "cause"}; or, if this is its
+    `max_attempts`-th interruption, fail it with the cause. Returns the job's new status."""
+    now = time.time()
+    with store.tx() as db:
+        row = db.execute(
+            "SELECT attempts, run_dir FROM jobs WHERE id=? AND status='running'", (job_id,)
+        ).fetchone()
+        if row is None:
+            return _status(db, job_id)
+        if _interruptions(db, job_id) + 1 >= max_attempts:
+            status, error = "failed", f"{cause}; interruption {max_attempts} of max_attempts={max_attempts}"
+            if has_checkpoint(row["run_dir"]):
+                error += "; resume the job to continue from its last checkpoint"
+        else:
+            status, error = "queued", ""
+        db.execute(
+            "UPDATE jobs SET status=?, error=?, requested=NULL, pid=NULL, pid_start=NULL, worker=NULL,"
+            " finished_at=?, updated_at=? WHERE id=?",
+            (status, error or None, now if status in TERMINAL else None, now, job_id),
+        )
+        if status == "queued":
+            log_event(db, job_id, "retry", json.dumps({"attempt": row["attempts"] + 1, "cause": cause}))
+        else:
+            log_event(db, job_id, status, error)
+    return status
+
+
+def _status(db: Any, job_id: str) -> str:
+    row = db.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+    return row["status"] if row else "missing"
 
 
 def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list[str]:
     """Re-queue jobs marked running whose worker process is gone (a crashed or restarted server).
 
     Their training process, if it still runs (it stops itself when its server dies, but may not
-    have noticed yet), is terminated first, so a job never runs twice at once. A job whose worker
-    died `max_attempts` times is failed instead (graceful server restarts do not count).
+    have noticed yet), is terminated first, so a job never runs twice at once. A job whose
+    `max_attempts`-th interruption this is (`_interruptions`) is failed instead (graceful server
+    restarts do not count).
     Returns the ids of the jobs it changed.
     """
     changed = []
@@ -195,12 +255,15 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
             status, error = "cancelled", None
         elif requested == "pause":
             status, error = "paused", None
-        elif _crashes(store, job["id"]) + 1 >= max_attempts:
-            status, error = "failed", f"interrupted {max_attempts} times by a server that died while it ran"
         else:
             status, error = "queued", None
         now = time.time()
         with store.tx() as db:
+            if status == "queued" and _interruptions(db, job["id"]) + 1 >= max_attempts:
+                status = "failed"
+                error = (
+                    f"interrupted {max_attempts} times (max_attempts), the last time by a server that died"
+                )
             n = db.execute(
                 "UPDATE jobs SET status=?, error=?, requested=NULL, pid=NULL, pid_start=NULL, worker=NULL,"
                 " finished_at=?, updated_at=? WHERE id=? AND status='running' AND worker IS ?",
@@ -213,10 +276,22 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
     return changed
 
 
-def _crashes(store: Store, job_id: str) -> int:
-    """How often a job was already recovered from a dead worker (graceful restarts do not count)."""
-    rows = store.query("SELECT COUNT(*) AS n FROM job_events WHERE job_id=? AND event='recovered'", (job_id,))
-    return int(rows[0]["n"])
+def _interruptions(db: Any, job_id: str) -> int:
+    """How often a job was interrupted since it was created or a user last resumed it: recovered
+    from a dead worker, or retried after its training process was killed (graceful restarts, pauses
+    and cancels do not count)."""
+    row = db.execute(
+        "SELECT COUNT(*) AS n FROM job_events WHERE job_id=? AND event IN ('recovered', 'retry') AND seq >"
+        " COALESCE((SELECT MAX(seq) FROM job_events WHERE job_id=? AND event='resumed'), 0)",
+        (job_id, job_id),
+    ).fetchone()
+    return int(row["n"])
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """True if the run directory holds a finished checkpoint (a `step-N` folder with its manifest;
+    the engine verifies its files when it loads it)."""
+    return any((Path(run_dir) / "checkpoints").glob("step-*/manifest.json"))
 
 
 def job_log_path(run_dir: str | Path) -> Path:

@@ -2,7 +2,9 @@
 
 Each tick (every `poll_interval_s`, or at once when woken) it
 1. heartbeats the jobs it runs,
-2. collects finished training processes and records how they ended,
+2. collects finished training processes and records how they ended (one killed by a signal the
+   server did not send, e.g. by the OOM killer, is retried from its last checkpoint:
+   `queue.retry`),
 3. stops processes whose job was cancelled or paused (SIGTERM to the process group, SIGKILL
    after the grace period),
 4. claims queued jobs while it has free slots (`max_concurrent` training jobs at once), and
@@ -216,7 +218,12 @@ class JobWorker:
         job = self.store.get_job(run.job_id) or {}
         result = read_result(run.run_dir)
         status, error = outcome(run.proc.returncode, result, job.get("requested"), run.run_dir)
-        queue.finish(self.store, run.job_id, status, error)
+        if status == "retry" and run.signalled_at is not None:
+            status, error = "queued", None  # stopped for a pause that was taken back: not a crash
+        if status == "retry":
+            status = queue.retry(self.store, run.job_id, str(error), max_attempts=self.max_attempts)
+        else:
+            queue.finish(self.store, run.job_id, status, error)
         log.info("job %s: %s", run.job_id, status if not error else f"{status}: {error}")
 
 
@@ -230,7 +237,10 @@ def read_result(run_dir: Path) -> dict[str, Any]:
 def outcome(
     returncode: int, result: dict[str, Any], requested: str | None, run_dir: Path
 ) -> tuple[str, str | None]:
-    """(status, error) of a job from its process's exit code, result file and pending request."""
+    """(status, error) of a job from its process's exit code, result file and pending request.
+
+    The status is 'retry' (and the error its cause) when the process was killed by a signal that
+    the server did not send: the job then continues from its last checkpoint."""
     if requested == "cancel":
         return "cancelled", None
     if requested == "pause":
@@ -239,5 +249,39 @@ def outcome(
         return "succeeded", None
     if result.get("status") == "failed":
         return "failed", str(result.get("error") or "training failed")
-    how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
-    return "failed", f"the training process {how}; see the job log"
+    cause = killed_cause(returncode, result)
+    if cause is not None:
+        return "retry", cause
+    return "failed", f"the training process exited with code {returncode}; see the job log"
+
+
+# Why a process dies by these signals, for the `retry` event and the job's error.
+SIGNAL_CAUSES = {
+    signal.SIGKILL: "out of memory, or killed from outside",
+    signal.SIGSEGV: "a crash in native code",
+    signal.SIGBUS: "a bus error: memory or a memory-mapped file became unavailable",
+    signal.SIGABRT: "aborted by native code",
+    signal.SIGTERM: "stopped from outside the server",
+}
+
+
+def killed_cause(returncode: int, result: dict[str, Any]) -> str | None:
+    """One line saying which signal killed the training process, or None if it exited by itself.
+
+    Killed means: a negative return code (death by a signal), the child's own `stopped` result
+    (it caught SIGTERM), or 128+N for one of `SIGNAL_CAUSES` with no result (a wrapper that
+    reports its child's death the way a shell does)."""
+    if returncode < 0:
+        number = -returncode
+    elif result.get("status") == "stopped":
+        number = signal.SIGTERM
+    elif returncode > 128 and not result and returncode - 128 in SIGNAL_CAUSES:
+        number = returncode - 128
+    else:
+        return None
+    try:
+        sig = signal.Signals(number)
+    except ValueError:
+        return f"training process killed by signal {number}"
+    why = SIGNAL_CAUSES.get(sig, "killed from outside")
+    return f"training process killed by {sig.name} ({why})"

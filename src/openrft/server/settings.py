@@ -26,7 +26,12 @@ class ServerSettings(BaseModel):
     )
     max_concurrent_jobs: int = Field(1, ge=0, description="Training jobs run at once; 0 = no worker.")
     max_attempts: int = Field(
-        3, ge=1, description="A job whose server died under it this many times is failed (not retried)."
+        3,
+        ge=1,
+        description="A job interrupted this many times is failed instead of retried from its last "
+        "checkpoint. Interrupted: its server died under it, or its training process was killed by a "
+        "signal the server did not send (out of memory, kill -9, a native crash). User errors are never "
+        "retried; the count starts again when a user resumes the job.",
     )
     poll_interval_s: float = Field(0.5, gt=0, description="How often the worker looks at the queue.")
     cancel_grace_s: float = Field(

@@ -78,7 +78,8 @@ def pause_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
 
 @router.post("/{job_id}/resume")
 def resume_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
-    """Put a paused job back in the queue."""
+    """Put a paused job, or a failed one that wrote a checkpoint, back in the queue: it continues
+    from its last complete checkpoint."""
     return _act(ctx, job_id, "resume")
 
 
@@ -102,7 +103,7 @@ def job_logs(
 
 @router.get("/{job_id}/events")
 def job_events(job_id: str, ctx: Ctx) -> dict[str, Any]:
-    """State changes of a job (queued, claimed, started, recovered, succeeded, ...)."""
+    """State changes of a job (queued, claimed, started, retry, recovered, succeeded, ...)."""
     services.require_job(ctx.store, job_id)
     return {"data": ctx.store.job_events(job_id)}
 

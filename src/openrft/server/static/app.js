@@ -168,7 +168,7 @@ async function showRun(id, token) {
   const job = await api(`/v1/jobs/${id}`);
   if (token !== nav) return;
   const actions = el("span", { class: "row" },
-    ({ queued: ["pause", "cancel"], running: ["pause", "cancel"], paused: ["resume", "cancel"] }[job.status] || []).map((a) => el("button", {
+    ({ queued: ["pause", "cancel"], running: ["pause", "cancel"], paused: ["resume", "cancel"], failed: ["resume"] }[job.status] || []).map((a) => el("button", {
       id: `action-${a}`,
       onclick: async () => { try { await api(`/v1/jobs/${id}/${a}`, { method: "POST" }); route(); } catch (e) { handleError(e); } },
     }, a)));
