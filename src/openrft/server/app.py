@@ -113,9 +113,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     def resolve(token: str | None) -> accounts.Caller | None:
         return accounts.resolve(store, key, token)
 
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(AuthMiddleware, resolve=resolve)  # added last = outermost: runs first
     return app

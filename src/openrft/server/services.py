@@ -211,7 +211,9 @@ def require_reward(
     return found
 
 
-def reward_versions(store: Store, caller: Caller, name: str, owner: str | None = None) -> list[dict[str, Any]]:
+def reward_versions(
+    store: Store, caller: Caller, name: str, owner: str | None = None
+) -> list[dict[str, Any]]:
     """Every version of a reward the caller sees, oldest first (none: NotFound)."""
     versions = store.reward_versions(name, reward_owner(store, caller, name, owner))
     if not versions:

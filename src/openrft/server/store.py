@@ -142,6 +142,12 @@ class Store:
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+        return self.init_db()
+
+    def init_db(self) -> Store:
+        """Create the tables and migrate an older database (idempotent). Safe while a server uses
+        the data dir (unlike `init`, it leaves uploads in flight alone): the CLI's `keys` use it."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -209,7 +215,18 @@ class Store:
                 "INSERT INTO datasets (id, owner, sha256, name, path, format, bytes, num_rows, columns,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(owner, sha256) DO UPDATE SET name=excluded.name",
-                (ds_id, owner, sha256, name, str(path), fmt, size, num_rows, json.dumps(columns), time.time()),
+                (
+                    ds_id,
+                    owner,
+                    sha256,
+                    name,
+                    str(path),
+                    fmt,
+                    size,
+                    num_rows,
+                    json.dumps(columns),
+                    time.time(),
+                ),
             )
         found = self.get_dataset(ds_id, owner)
         assert found is not None
@@ -318,8 +335,8 @@ class Store:
             tmp.write_text(source, encoding="utf-8")
             tmp.replace(path)
             db.execute(
-                "INSERT INTO reward_versions (owner, name, version, function, path, sha256, tests, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO reward_versions (owner, name, version, function, path, sha256, tests,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?)",
                 (owner, name, version, function, str(path), sha256, tests_json, time.time()),
             )
         found = self.reward_version(name, version, owner)
@@ -346,7 +363,6 @@ class Store:
         return self.query(
             "SELECT seq, at, event, detail FROM job_events WHERE job_id=? ORDER BY seq", (job_id,)
         )
-
 
     # -- users' API keys (see openrft.server.accounts) --------------------------------------------
 

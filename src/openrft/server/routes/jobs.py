@@ -113,8 +113,8 @@ def job_events(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
 
 def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
     keep = (
-        *("id", "owner", "name", "status", "method", "base_model", "dataset_id", "attempts", "requested", "error"),
-        *("trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
+        *("id", "name", "status", "method", "base_model", "dataset_id", "attempts", "requested", "error"),
+        *("owner", "trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
     )
     out = {k: job.get(k) for k in keep}
     last = last_metrics(job["run_dir"]) or {}
