@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -512,3 +514,47 @@ def test_the_sdk_works_with_a_users_key(live_server: str, tmp_path: Path) -> Non
         gone.jobs.list()
     assert err.value.status == 401
     admin.close()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
+def test_the_dashboard_works_with_a_users_key(live_server: str) -> None:
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (no browser download)"
+    )
+    with openrft.Client(live_server, ADMIN_KEY) as admin:
+        alice_key = admin.keys.create("alice")["key"]
+        bob_key = admin.keys.create("bob")["key"]
+    jobs = {}
+    for user, key in (("alice", alice_key), ("bob", bob_key)):
+        http = httpx.Client(base_url=live_server, headers=_bearer(key))
+        ds = http.post(f"/v1/datasets?filename={user}.jsonl", content=_rows(user)).json()
+        http.post("/v1/rewards", json={"name": "mine", "source": REWARD})
+        jobs[user] = http.post("/v1/jobs", json={"config": _config(ds["id"]), "name": f"{user}-run"}).json()[
+            "id"
+        ]
+        http.close()
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{live_server}/#/")
+            page.fill("#key-input", alice_key)
+            page.click("#key-save")
+            page.wait_for_selector(f"tr[data-run='{jobs['alice']}']")
+            assert page.query_selector(f"tr[data-run='{jobs['bob']}']") is None
+            page.goto(f"{live_server}/#/run/{jobs['alice']}")
+            page.wait_for_function(
+                "() => (document.querySelector('h1') || {}).textContent?.startsWith('alice-run')"
+            )
+            assert page.inner_text("#run-status") == "queued"
+            assert not errors, errors
+        finally:
+            browser.close()

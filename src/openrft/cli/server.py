@@ -52,12 +52,13 @@ def serve(
     source = app.state.api_key_source
     if source == "generated":
         console.print(
-            f"[bold]API key (new, saved in {settings.data_dir / 'api_key'}):[/] {app.state.api_key}"
+            f"[bold]admin API key (new, saved in {settings.data_dir / 'api_key'}):[/] {app.state.api_key}"
         )
     elif source == "file":
-        console.print(f"[bold]API key:[/] {app.state.api_key}  (from {settings.data_dir / 'api_key'})")
+        console.print(f"[bold]admin API key:[/] {app.state.api_key}  (from {settings.data_dir / 'api_key'})")
     else:
-        console.print("[bold]API key:[/] from $OPENRFT_API_KEY")
+        console.print("[bold]admin API key:[/] from $OPENRFT_API_KEY")
+    console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

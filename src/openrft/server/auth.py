@@ -79,7 +79,7 @@ class AuthMiddleware:
             return
         caller = await run_in_threadpool(self.resolve, bearer_token(scope.get("headers", [])))
         if caller is not None:
-            scope.setdefault("state", {})["caller"] = caller
+            scope["state"] = {**scope.get("state", {}), "caller": caller}  # this request's own copy
             await self.app(scope, receive, send)
             return
         body = json.dumps(
