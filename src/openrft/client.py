@@ -397,6 +397,25 @@ class _Adapters:
         self.client._request("DELETE", f"/v1/adapters/{adapter_id}")
 
 
+class _Keys:
+    """Users' API keys; the admin key alone may use these (a user's key gets 403)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, user: str) -> dict[str, Any]:
+        """A new key for `user`: {"id", "user", "prefix", "key", ...}; `key` is shown this once."""
+        return self.client._request("POST", "/v1/keys", json={"user": user})
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every key (revoked ones too), without secrets."""
+        return self.client._request("GET", "/v1/keys")["data"]
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key: the server answers 401 to it from now on."""
+        return self.client._request("DELETE", f"/v1/keys/{key_id}")
+
+
 def _check(resp: httpx.Response, read: bool = False) -> None:
     if resp.status_code < 400:
         return
@@ -419,7 +438,8 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 class Client:
-    """An OpenRFT server. `api_key` defaults to $OPENRFT_API_KEY."""
+    """An OpenRFT server. `api_key` defaults to $OPENRFT_API_KEY: a user's key (sees and creates that
+    user's datasets, rewards and jobs) or the admin key (sees everyone's; `client.keys` manages keys)."""
 
     def __init__(
         self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60
@@ -437,6 +457,7 @@ class Client:
         self.rewards = _Rewards(self)
         self.jobs = _Jobs(self)
         self.adapters = _Adapters(self)
+        self.keys = _Keys(self)
 
     def close(self) -> None:
         self._http.close()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from openrft.cli.models import app as models_app
 from openrft.cli.rewards import app as rewards_app
-from openrft.cli.server import serve as server_command
+from openrft.cli.server import app as server_app
 from openrft.errors import UserError
 
 app = typer.Typer(
@@ -211,16 +211,21 @@ def data_countdown(
 
 app.add_typer(models_app, name="models")
 app.add_typer(rewards_app, name="rewards")
-app.command("server")(server_command)
+app.add_typer(server_app, name="server")
 
 
-def main() -> None:
-    """Console entry point: a UserError prints as one red line and exits 2, without a traceback."""
+def run_app(command: typer.Typer) -> None:
+    """Run a typer app: a UserError prints as one red line and exits 2, without a traceback."""
     try:
-        app()
+        command()
     except UserError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+
+
+def main() -> None:
+    """Console entry point (see `run_app`)."""
+    run_app(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

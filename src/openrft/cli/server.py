@@ -1,21 +1,29 @@
-"""`openrft server`: run the API server, job worker and dashboard.
+"""`openrft server`: run the API server, job worker and dashboard; `openrft server keys`: users' keys.
 
 openrft server --host 127.0.0.1 --port 8000 --data-dir openrft-data
+openrft server keys create --user alice --data-dir openrft-data    # prints alice's key, once
+openrft server keys list --data-dir openrft-data
+openrft server keys revoke key-0123456789ab --data-dir openrft-data
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from openrft.server.store import Store
 
 console = Console(stderr=True)
 
 
 def serve(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(help="Interface to listen on (127.0.0.1 = this machine only).")
     ] = "127.0.0.1",
@@ -27,7 +35,10 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest dataset upload.")] = 512,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /)."""
+    """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /); `keys` manages
+    users' API keys."""
+    if ctx.invoked_subcommand is not None:
+        return
     import uvicorn
 
     from openrft.server import ServerSettings, create_app
@@ -41,23 +52,85 @@ def serve(
     source = app.state.api_key_source
     if source == "generated":
         console.print(
-            f"[bold]API key (new, saved in {settings.data_dir / 'api_key'}):[/] {app.state.api_key}"
+            f"[bold]admin API key (new, saved in {settings.data_dir / 'api_key'}):[/] {app.state.api_key}"
         )
     elif source == "file":
-        console.print(f"[bold]API key:[/] {app.state.api_key}  (from {settings.data_dir / 'api_key'})")
+        console.print(f"[bold]admin API key:[/] {app.state.api_key}  (from {settings.data_dir / 'api_key'})")
     else:
-        console.print("[bold]API key:[/] from $OPENRFT_API_KEY")
+        console.print("[bold]admin API key:[/] from $OPENRFT_API_KEY")
+    console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
-app = typer.Typer(help="Run the OpenRFT server.", no_args_is_help=False)
-app.command("serve")(serve)
+# -- openrft server keys ---------------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    help="Users' API keys (the admin key is the server's own: settings, $OPENRFT_API_KEY or "
+    "<data-dir>/api_key). Works on the data dir directly, with the server running or stopped.",
+    no_args_is_help=True,
+)
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The server's data dir.")]
+
+
+def _store(data_dir: Path) -> Store:
+    from openrft.server.store import Store
+
+    return Store(data_dir).init_db()
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="Whose key: what it creates belongs to this user.")],
+    data_dir: DataDirOpt = Path("openrft-data"),
+) -> None:
+    """Create a key for USER and print it (on stdout, alone): it is shown this once."""
+    from openrft.server import accounts
+
+    row, key = accounts.create_key(_store(data_dir), user)
+    console.print(f"created {row['id']} for user {row['user']!r}; the key (shown once, store it now):")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOpt = Path("openrft-data")) -> None:
+    """Every key, newest first: id, user, prefix, created, revoked (never the key itself)."""
+    from openrft.server import accounts
+
+    rows = accounts.list_keys(_store(data_dir))
+    if not rows:
+        console.print("no users' keys yet: openrft server keys create --user NAME")
+    for r in rows:
+        revoked = f"revoked {_when(r['revoked_at'])}" if r["revoked_at"] else "active"
+        typer.echo(f"{r['id']}\t{r['user']}\t{r['prefix']}...\tcreated {_when(r['created_at'])}\t{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key-...), from `keys list`.")],
+    data_dir: DataDirOpt = Path("openrft-data"),
+) -> None:
+    """Revoke a key: the server answers 401 to it from the next request on."""
+    from openrft.server import accounts
+
+    row = accounts.revoke_key(_store(data_dir), key_id)
+    typer.echo(f"revoked {row['id']} (user {row['user']!r}, {row['prefix']}...)")
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+app = typer.Typer(invoke_without_command=True, pretty_exceptions_enable=False)
+app.callback()(serve)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:  # pragma: no cover
-    typer.run(serve)
+    from openrft.cli.main import run_app
+
+    run_app(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

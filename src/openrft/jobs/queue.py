@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.jobs import procs
-from openrft.server.store import Store
+from openrft.server.store import ADMIN, Store
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "paused")
@@ -54,15 +54,16 @@ def enqueue(
     trackers: list[str] | None = None,
     dataset_id: str | None = None,
     job_id: str | None = None,
+    owner: str = ADMIN,
 ) -> dict[str, Any]:
-    """Add a queued job whose run directory is `runs/<id>`."""
+    """Add a queued job of `owner` whose run directory is `runs/<id>`."""
     job_id = job_id or new_job_id()
     run_dir = store.runs_dir / job_id
     now = time.time()
     with store.tx() as db:
         db.execute(
             "INSERT INTO jobs (id, name, status, method, base_model, dataset_id, config, trackers, run_dir,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, updated_at, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 name,
@@ -75,6 +76,7 @@ def enqueue(
                 str(run_dir),
                 now,
                 now,
+                owner,
             ),
         )
         log_event(db, job_id, "queued")

@@ -3,7 +3,7 @@
     from openrft.server import ServerSettings, create_app
     app = create_app(ServerSettings(data_dir="openrft-data"))   # then: uvicorn.run(app)
 
-On startup (lifespan) the store is initialised, the API key loaded (or generated), and the job
+On startup (lifespan) the store is initialised, the admin API key loaded (or generated), and the job
 worker started: it first re-queues jobs that a previous server left running, then runs queued
 ones. On shutdown, running jobs are stopped and re-queued; the next start resumes them.
 """
@@ -24,11 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from openrft import __version__
 from openrft.errors import UserError
 from openrft.jobs.worker import JobWorker
-from openrft.server import services
+from openrft.server import accounts, services
 from openrft.server.auth import AuthMiddleware, load_or_create_key
 from openrft.server.deps import AppContext, documented_auth
 from openrft.server.limits import BodyLimitMiddleware
-from openrft.server.routes import adapters, datasets, jobs, meta, rewards, runs
+from openrft.server.routes import adapters, datasets, jobs, keys, meta, rewards, runs
 from openrft.server.runs import SampleIndex
 from openrft.server.settings import ServerSettings
 from openrft.server.store import Store
@@ -77,7 +77,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         title="OpenRFT",
         version=__version__,
         description="Reinforcement fine-tuning platform: datasets, reward functions, jobs, runs, adapters. "
-        "Every route except /health, the docs and the dashboard needs `Authorization: Bearer <key>`.",
+        "Every route except /health, the docs and the dashboard needs `Authorization: Bearer <key>`: "
+        "a user's key sees that user's resources, the admin key everyone's (and manages keys at /v1/keys).",
         lifespan=lifespan,
     )
     app.state.ctx = ctx
@@ -86,7 +87,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     app.include_router(meta.public)
     auth = [Depends(documented_auth)]
-    for module in (datasets, rewards, jobs, runs, adapters):
+    for module in (datasets, rewards, jobs, runs, adapters, keys):
         app.include_router(module.router, dependencies=auth)
     app.include_router(meta.private, dependencies=auth)
     app.mount("/static", StaticFiles(directory=meta.STATIC_DIR), name="static")
@@ -112,6 +113,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
 
+    def resolve(token: str | None) -> accounts.Caller | None:
+        return accounts.resolve(store, key, token)
+
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(AuthMiddleware, key=key)  # added last = outermost: runs first
+    app.add_middleware(AuthMiddleware, resolve=resolve)  # added last = outermost: runs first
     return app

@@ -1,20 +1,26 @@
 """API-key authentication, the OpenAI way: `Authorization: Bearer KEY` on every request.
 
-The key comes from the settings, else $OPENRFT_API_KEY, else `<data_dir>/api_key` (mode 0600),
-generated at first start. Keys are compared with `hmac.compare_digest` (constant time). Every
-path answers 401 without the key except the public ones: the health check, the OpenAPI spec and
+The admin key comes from the settings, else $OPENRFT_API_KEY, else `<data_dir>/api_key` (mode
+0600), generated at first start; it is compared with `hmac.compare_digest` (constant time). Users'
+keys are created by the admin and found by their sha256 (see `openrft.server.accounts`). Every
+path answers 401 without a valid key except the public ones: the health check, the OpenAPI spec and
 docs, and the dashboard's static files (the dashboard asks for the key and keeps it in the browser).
-The check is an ASGI middleware, so it runs before routing and before any body is read.
+The check is an ASGI middleware, so it runs before routing and before any body is read; it puts
+the caller in `scope["state"]["caller"]` (read by `openrft.server.deps.current_caller`).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from openrft.server.accounts import Caller
 
 PUBLIC_EXACT = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 PUBLIC_PREFIXES = ("/static/",)
@@ -56,31 +62,32 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def key_matches(given: str | None, key: str) -> bool:
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), key.encode("utf-8"))
-
-
 class AuthMiddleware:
-    """401 for every non-public HTTP request without `Authorization: Bearer <key>`."""
+    """401 for every non-public HTTP request without `Authorization: Bearer <key>` of a caller.
 
-    def __init__(self, app: Any, key: str) -> None:
+    `resolve(token)` says whose key a bearer token is (None: nobody's); it may read the store, so
+    it runs on a worker thread, on every request: a revoked key is refused at once.
+    """
+
+    def __init__(self, app: Any, resolve: Callable[[str | None], Caller | None]) -> None:
         self.app = app
-        self.key = key
+        self.resolve = resolve
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if key_matches(bearer_token(scope.get("headers", [])), self.key):
+        caller = await run_in_threadpool(self.resolve, bearer_token(scope.get("headers", [])))
+        if caller is not None:
+            scope["state"] = {**scope.get("state", {}), "caller": caller}  # this request's own copy
             await self.app(scope, receive, send)
             return
         body = json.dumps(
             {
                 "error": {
-                    "message": "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
-                    "(the key is printed at server start and saved in <data-dir>/api_key)",
+                    "message": "missing, wrong or revoked API key: send the header 'Authorization: Bearer "
+                    "<key>' (the admin key is printed at server start and saved in <data-dir>/api_key; "
+                    "the admin creates users' keys with `openrft server keys create --user NAME`)",
                     "type": "invalid_request_error",
                     "code": "invalid_api_key",
                 }

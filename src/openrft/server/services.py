@@ -4,6 +4,11 @@ registering reward versions, turning a submitted config into a queued job.
 Every error caused by the request raises an `openrft.errors.UserError` (the app answers 422 with
 its one-line message).
 
+Every function that reads or writes a user's resources takes the `Caller` (openrft.server.accounts):
+what it creates belongs to the caller, and another user's resource is answered as absent
+(`NotFound`, 404; in a job config, a `ConfigError` as for a missing one) unless the caller is the
+admin, who sees everything.
+
 References a job config may use (the server resolves them to files in the data dir):
 
 - `data.train` / `data.eval`: a dataset id (`ds-...`) or sha256 from `POST /v1/datasets`;
@@ -27,7 +32,8 @@ from typing import Any
 
 from openrft.errors import ConfigError, DataError, RewardError, UserError
 from openrft.jobs import queue
-from openrft.server.store import Store
+from openrft.server.accounts import Caller
+from openrft.server.store import ADMIN, Store
 
 DATASET_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".json", ".parquet")
 _REWARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
@@ -57,8 +63,11 @@ def dataset_extension(filename: str) -> str:
     return ext
 
 
-def save_dataset(store: Store, tmp_file: Path, filename: str, sha256: str, size: int) -> dict[str, Any]:
-    """Validate an uploaded file (already written to `tmp_file`) and store it by its sha256."""
+def save_dataset(
+    store: Store, caller: Caller, tmp_file: Path, filename: str, sha256: str, size: int
+) -> dict[str, Any]:
+    """Validate an uploaded file (already written to `tmp_file`) and store it by its sha256, as the
+    caller's dataset (users who upload the same bytes share the file, each with their own row)."""
     from openrft.data import read_rows
 
     ext = dataset_extension(filename)
@@ -76,6 +85,7 @@ def save_dataset(store: Store, tmp_file: Path, filename: str, sha256: str, size:
     else:
         named.unlink(missing_ok=True)
     return store.add_dataset(
+        owner=caller.name,
         sha256=sha256,
         name=Path(filename).name,
         path=final,
@@ -86,33 +96,39 @@ def save_dataset(store: Store, tmp_file: Path, filename: str, sha256: str, size:
     )
 
 
-def preview_dataset(store: Store, ds_id: str, limit: int) -> dict[str, Any]:
+def preview_dataset(store: Store, caller: Caller, ds_id: str, limit: int) -> dict[str, Any]:
     from openrft.data import read_rows
 
-    ds = require_dataset(store, ds_id)
+    ds = require_dataset(store, caller, ds_id)
     rows = read_rows(ds["path"]).rows
     return {"id": ds["id"], "num_rows": len(rows), "columns": ds["columns"], "rows": rows[:limit]}
 
 
-def require_dataset(store: Store, ds_id: str) -> dict[str, Any]:
-    ds = store.get_dataset(ds_id)
+def require_dataset(store: Store, caller: Caller, ds_id: str) -> dict[str, Any]:
+    ds = store.get_dataset(ds_id, caller.sees)
     if ds is None:
         raise NotFound(f"dataset {ds_id!r} not found; list datasets with GET /v1/datasets")
     return ds
 
 
-def delete_dataset(store: Store, ds_id: str) -> None:
-    ds = require_dataset(store, ds_id)
-    users = [
-        j["id"]
-        for j in store.list_jobs(limit=100_000)
-        if j["status"] in queue.ACTIVE
-        and ds["path"] in (j["config"]["data"].get("train"), j["config"]["data"].get("eval"))
-    ]
+def delete_dataset(store: Store, caller: Caller, ds_id: str) -> None:
+    """Delete the caller's dataset (409 while one of their unfinished jobs reads its file); the file
+    goes too unless another user's dataset or unfinished job still uses the same bytes."""
+    ds = require_dataset(store, caller, ds_id)
+    users = _active_jobs_reading(store, ds["path"], caller.sees)
     if users:
         raise Conflict(f"dataset {ds['id']} is used by unfinished jobs {users}; cancel them first")
-    Path(ds["path"]).unlink(missing_ok=True)
-    store.delete_dataset(ds["id"])
+    if store.delete_dataset(ds["id"]) and not _active_jobs_reading(store, ds["path"], None):
+        Path(ds["path"]).unlink(missing_ok=True)
+
+
+def _active_jobs_reading(store: Store, path: str, owner: str | None) -> list[str]:
+    return [
+        j["id"]
+        for j in store.list_jobs(limit=100_000, owner=owner)
+        if j["status"] in queue.ACTIVE
+        and path in (j["config"]["data"].get("train"), j["config"]["data"].get("eval"))
+    ]
 
 
 # -- reward functions -----------------------------------------------------------------------------
@@ -127,9 +143,10 @@ def top_level_functions(source: str, label: str) -> list[str]:
 
 
 def create_reward(
-    store: Store, name: str, source: str, function: str | None, tests: list[dict[str, Any]]
+    store: Store, caller: Caller, name: str, source: str, function: str | None, tests: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], bool]:
-    """Register `source` as the next version of reward `name` (unchanged source: the same version).
+    """Register `source` as the next version of the caller's reward `name` (unchanged source: the
+    same version). Reward names are per user: two users' `mine` are two rewards.
 
     `function` is the function to call (default: the only top-level function). Golden `tests`, if
     given, must pass before the version is stored. Returns (version, created).
@@ -162,28 +179,61 @@ def create_reward(
             if failures:
                 raise RewardError(f"{label}: golden tests failed: " + "; ".join(f.message for f in failures))
     sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
-    return store.add_reward_version(name, source, function, sha, [c.model_dump() for c in cases])
+    return store.add_reward_version(
+        name, source, function, sha, [c.model_dump() for c in cases], owner=caller.name
+    )
 
 
-def require_reward(store: Store, name: str, version: int | None = None) -> dict[str, Any]:
-    found = store.reward_version(name, version)
+def reward_owner(store: Store, caller: Caller, name: str, owner: str | None = None) -> str:
+    """Whose reward `name` the caller means: a user's own; for the admin, `owner` if given, else the
+    admin's own, else the one user who has a reward of that name (several: Conflict)."""
+    if not caller.admin:
+        if owner not in (None, caller.name):
+            raise NotFound(f"reward {name!r} not found; register it with POST /v1/rewards")
+        return caller.name
+    if owner is not None:
+        return owner
+    owners = store.reward_owners(name)
+    if ADMIN in owners or not owners:
+        return ADMIN
+    if len(owners) > 1:
+        raise Conflict(f"reward {name!r} belongs to several users ({', '.join(owners)}); add ?owner=<user>")
+    return owners[0]
+
+
+def require_reward(
+    store: Store, caller: Caller, name: str, version: int | None = None, owner: str | None = None
+) -> dict[str, Any]:
+    found = store.reward_version(name, version, reward_owner(store, caller, name, owner))
     if found is None:
         what = f"reward {name!r}" + (f" version {version}" if version is not None else "")
         raise NotFound(f"{what} not found; register it with POST /v1/rewards")
     return found
 
 
+def reward_versions(
+    store: Store, caller: Caller, name: str, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """Every version of a reward the caller sees, oldest first (none: NotFound)."""
+    versions = store.reward_versions(name, reward_owner(store, caller, name, owner))
+    if not versions:
+        raise NotFound(f"reward {name!r} not found; register it with POST /v1/rewards")
+    return versions
+
+
 def run_reward_tests(
     store: Store,
+    caller: Caller,
     name: str,
     version: int | None,
     cases: list[dict[str, Any]] | None,
     kwargs: dict[str, Any] | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Run golden cases (given, or the version's stored ones) against a stored version."""
     from openrft.rewards import GoldenCase, RewardSpec, run_golden_tests
 
-    rv = require_reward(store, name, version)
+    rv = require_reward(store, caller, name, version, owner)
     raw = rv["tests"] if cases is None else cases
     try:
         parsed = [GoldenCase.model_validate(c) for c in raw]
@@ -207,8 +257,11 @@ def run_reward_tests(
 # -- jobs -----------------------------------------------------------------------------------------
 
 
-def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str]:
-    """Replace references by data-dir paths, validate, and return (resolved config, dataset id)."""
+def resolve_job_config(
+    store: Store, caller: Caller, config: dict[str, Any], run_dir: Path
+) -> tuple[dict[str, Any], str]:
+    """Replace references (to the caller's resources) by data-dir paths, validate, and return
+    (resolved config, dataset id)."""
     from openrft.config import load_config
     from openrft.data import read_rows, validate_rows
     from openrft.rewards import check_function
@@ -221,16 +274,16 @@ def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> t
         raise ConfigError(
             "config: missing data.train; give the id of an uploaded dataset (POST /v1/datasets)"
         )
-    train = require_dataset_ref(store, str(data["train"]), "data.train")
+    train = require_dataset_ref(store, caller, str(data["train"]), "data.train")
     data["train"] = train["path"]
     if data.get("eval"):
-        data["eval"] = require_dataset_ref(store, str(data["eval"]), "data.eval")["path"]
+        data["eval"] = require_dataset_ref(store, caller, str(data["eval"]), "data.eval")["path"]
     for i, spec in enumerate(raw.get("rewards") or []):
         if isinstance(spec, dict) and isinstance(spec.get("function"), str):
-            spec["function"] = resolve_reward_ref(store, spec["function"], f"rewards[{i}].function")
+            spec["function"] = resolve_reward_ref(store, caller, spec["function"], f"rewards[{i}].function")
     lora = raw.get("lora")
     if isinstance(lora, dict) and lora.get("init_adapter"):
-        lora["init_adapter"] = resolve_adapter_ref(store, str(lora["init_adapter"]))
+        lora["init_adapter"] = resolve_adapter_ref(store, caller, str(lora["init_adapter"]))
     raw["output_dir"] = str(run_dir)
     cfg = load_config(None, None, **raw)
     if cfg.method != "grpo":
@@ -252,8 +305,8 @@ def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> t
     return cfg.model_dump(mode="json"), train["id"]
 
 
-def require_dataset_ref(store: Store, ref: str, where: str) -> dict[str, Any]:
-    ds = store.get_dataset(ref.removeprefix("dataset:"))
+def require_dataset_ref(store: Store, caller: Caller, ref: str, where: str) -> dict[str, Any]:
+    ds = store.get_dataset(ref.removeprefix("dataset:"), caller.sees)
     if ds is None:
         raise ConfigError(
             f"config: {where} = {ref!r} is not an uploaded dataset; upload the file with POST /v1/datasets "
@@ -262,12 +315,16 @@ def require_dataset_ref(store: Store, ref: str, where: str) -> dict[str, Any]:
     return ds
 
 
-def resolve_reward_ref(store: Store, function: str, where: str) -> str:
+def resolve_reward_ref(store: Store, caller: Caller, function: str, where: str) -> str:
     """`reward:<name>[@N]` -> '<path>:<function>'; built-in names unchanged; other forms refused."""
     m = _REWARD_REF.match(function.strip())
     if m:
         version = int(m.group(2)) if m.group(2) else None
-        rv = store.reward_version(m.group(1), version)
+        try:
+            owner = reward_owner(store, caller, m.group(1))
+        except Conflict as e:
+            raise ConfigError(f"config: {where} = {function!r}: {e}") from None
+        rv = store.reward_version(m.group(1), version, owner)
         if rv is None:
             raise ConfigError(
                 f"config: {where} = {function!r}: no such registered reward; "
@@ -282,9 +339,9 @@ def resolve_reward_ref(store: Store, function: str, where: str) -> str:
     return function
 
 
-def resolve_adapter_ref(store: Store, ref: str) -> str:
+def resolve_adapter_ref(store: Store, caller: Caller, ref: str) -> str:
     job_id = ref.removeprefix("adapter:")
-    job = store.get_job(job_id)
+    job = store.get_job(job_id, caller.sees)
     if job is None or not (Path(job["run_dir"]) / "adapter" / "adapter_config.json").is_file():
         raise ConfigError(
             f"config: lora.init_adapter = {ref!r}: no adapter of that job; write 'adapter:<job id>'"
@@ -293,23 +350,33 @@ def resolve_adapter_ref(store: Store, ref: str) -> str:
 
 
 def create_job(
-    store: Store, config: dict[str, Any], name: str | None = None, trackers: list[str] | None = None
+    store: Store,
+    caller: Caller,
+    config: dict[str, Any],
+    name: str | None = None,
+    trackers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Validate and queue a job (nothing is queued if anything is wrong)."""
+    """Validate and queue a job of the caller (nothing is queued if anything is wrong)."""
     from openrft.tracking.sinks import TRACKERS
 
     for t in trackers or []:
         if t not in TRACKERS:
             raise ConfigError(f"unknown tracker {t!r}; use any of {list(TRACKERS)}")
     job_id = queue.new_job_id()
-    resolved, ds_id = resolve_job_config(store, config, store.runs_dir / job_id)
+    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id)
     return queue.enqueue(
-        store, config=resolved, name=name, trackers=trackers, dataset_id=ds_id, job_id=job_id
+        store,
+        config=resolved,
+        name=name,
+        trackers=trackers,
+        dataset_id=ds_id,
+        job_id=job_id,
+        owner=caller.name,
     )
 
 
-def require_job(store: Store, job_id: str) -> dict[str, Any]:
-    job = store.get_job(job_id)
+def require_job(store: Store, caller: Caller, job_id: str) -> dict[str, Any]:
+    job = store.get_job(job_id, caller.sees)
     if job is None:
         raise NotFound(f"job {job_id!r} not found; list jobs with GET /v1/jobs")
     return job
@@ -335,6 +402,7 @@ def adapter_info(job: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "id": job["id"],
         "job_id": job["id"],
+        "owner": job.get("owner"),
         "name": job["name"],
         "base_model": job["base_model"],
         "created_at": folder.stat().st_mtime,
@@ -343,8 +411,14 @@ def adapter_info(job: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def delete_adapter(store: Store, job_id: str) -> None:
-    job = require_job(store, job_id)
+def list_adapters(store: Store, caller: Caller) -> list[dict[str, Any]]:
+    """The adapters of the caller's jobs (the admin: everyone's), newest first."""
+    infos = (adapter_info(job) for job in store.list_jobs(None, 100_000, caller.sees))
+    return [info for info in infos if info is not None]
+
+
+def delete_adapter(store: Store, caller: Caller, job_id: str) -> None:
+    job = require_job(store, caller, job_id)
     folder = Path(job["run_dir"]) / "adapter"
     if not folder.is_dir():
         raise NotFound(f"job {job_id} has no adapter")

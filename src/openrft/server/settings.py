@@ -17,8 +17,8 @@ class ServerSettings(BaseModel):
     )
     api_key: str | None = Field(
         None,
-        description="API key; None = $OPENRFT_API_KEY, else the key saved in the data dir "
-        "(generated at first start).",
+        description="The admin API key (sees every user's resources, manages users' keys); None = "
+        "$OPENRFT_API_KEY, else the key saved in the data dir (generated at first start).",
     )
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload (bytes).")
     max_body_bytes: int = Field(

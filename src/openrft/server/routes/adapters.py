@@ -9,35 +9,30 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from openrft.server import services
-from openrft.server.deps import Ctx
+from openrft.server.deps import Ctx, CurrentCaller
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 
 @router.get("")
-def list_adapters(ctx: Ctx) -> dict[str, Any]:
-    """Every job that has a final adapter, newest first."""
-    out = []
-    for job in ctx.store.list_jobs(None, 100_000):
-        info = services.adapter_info(job)
-        if info is not None:
-            out.append(info)
-    return {"data": out}
+def list_adapters(ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    """Every job of the caller that has a final adapter, newest first."""
+    return {"data": services.list_adapters(ctx.store, caller)}
 
 
 @router.get("/{adapter_id}")
-def get_adapter(adapter_id: str, ctx: Ctx) -> dict[str, Any]:
+def get_adapter(adapter_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """An adapter's files with their sizes and sha256 sums."""
-    info = services.adapter_info(services.require_job(ctx.store, adapter_id))
+    info = services.adapter_info(services.require_job(ctx.store, caller, adapter_id))
     if info is None:
         raise services.NotFound(f"job {adapter_id} has no adapter (yet)")
     return info
 
 
 @router.get("/{adapter_id}/files/{filename}")
-def download_adapter_file(adapter_id: str, filename: str, ctx: Ctx) -> FileResponse:
+def download_adapter_file(adapter_id: str, filename: str, ctx: Ctx, caller: CurrentCaller) -> FileResponse:
     """One file of the adapter (PEFT format: adapter_config.json, adapter_model.safetensors)."""
-    job = services.require_job(ctx.store, adapter_id)
+    job = services.require_job(ctx.store, caller, adapter_id)
     folder = Path(job["run_dir"]) / "adapter"
     path = folder / filename
     if Path(filename).name != filename or not path.is_file():
@@ -46,6 +41,6 @@ def download_adapter_file(adapter_id: str, filename: str, ctx: Ctx) -> FileRespo
 
 
 @router.delete("/{adapter_id}")
-def delete_adapter(adapter_id: str, ctx: Ctx) -> dict[str, Any]:
-    services.delete_adapter(ctx.store, adapter_id)
+def delete_adapter(adapter_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    services.delete_adapter(ctx.store, caller, adapter_id)
     return {"id": adapter_id, "deleted": True}

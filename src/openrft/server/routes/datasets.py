@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from openrft.server import services
-from openrft.server.deps import Ctx
+from openrft.server.deps import Ctx, CurrentCaller
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 async def upload_dataset(
     request: Request,
     ctx: Ctx,
+    caller: CurrentCaller,
     filename: Annotated[str, Query(description="Original file name; its extension picks the format.")],
 ) -> dict[str, Any]:
     """Upload a dataset file as the raw request body (`Content-Type: application/octet-stream`).
@@ -41,35 +42,35 @@ async def upload_dataset(
                 size += len(chunk)
                 f.write(chunk)
         return await run_in_threadpool(
-            services.save_dataset, ctx.store, tmp, filename, digest.hexdigest(), size
+            services.save_dataset, ctx.store, caller, tmp, filename, digest.hexdigest(), size
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 @router.get("")
-def list_datasets(ctx: Ctx) -> dict[str, Any]:
-    """All datasets, newest first."""
-    return {"data": [_public(d) for d in ctx.store.list_datasets()]}
+def list_datasets(ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    """The caller's datasets (the admin: everyone's), newest first."""
+    return {"data": [_public(d) for d in ctx.store.list_datasets(caller.sees)]}
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, ctx: Ctx) -> dict[str, Any]:
-    return _public(services.require_dataset(ctx.store, dataset_id))
+def get_dataset(dataset_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    return _public(services.require_dataset(ctx.store, caller, dataset_id))
 
 
 @router.get("/{dataset_id}/preview")
 def preview_dataset(
-    dataset_id: str, ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+    dataset_id: str, ctx: Ctx, caller: CurrentCaller, limit: Annotated[int, Query(ge=1, le=1000)] = 20
 ) -> dict[str, Any]:
     """The first `limit` rows, as the trainer and reward functions will see them."""
-    return services.preview_dataset(ctx.store, dataset_id, limit)
+    return services.preview_dataset(ctx.store, caller, dataset_id, limit)
 
 
 @router.delete("/{dataset_id}")
-def delete_dataset(dataset_id: str, ctx: Ctx) -> dict[str, Any]:
+def delete_dataset(dataset_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Delete a dataset (409 while a queued, running or paused job uses it)."""
-    services.delete_dataset(ctx.store, dataset_id)
+    services.delete_dataset(ctx.store, caller, dataset_id)
     return {"id": dataset_id, "deleted": True}
 
 

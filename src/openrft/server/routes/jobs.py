@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.jobs import queue
 from openrft.server import services
-from openrft.server.deps import Ctx
+from openrft.server.deps import Ctx, CurrentCaller
 from openrft.server.runs import last_metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -31,9 +31,11 @@ class JobCreate(BaseModel):
 
 
 @router.post("", status_code=201)
-async def create_job(body: JobCreate, ctx: Ctx) -> dict[str, Any]:
+async def create_job(body: JobCreate, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Validate the config (data rows, reward functions) and queue the job."""
-    job = await run_in_threadpool(services.create_job, ctx.store, body.config, body.name, body.trackers)
+    job = await run_in_threadpool(
+        services.create_job, ctx.store, caller, body.config, body.name, body.trackers
+    )
     ctx.wake_worker()
     return public_job(job)
 
@@ -41,20 +43,21 @@ async def create_job(body: JobCreate, ctx: Ctx) -> dict[str, Any]:
 @router.get("")
 def list_jobs(
     ctx: Ctx,
+    caller: CurrentCaller,
     status: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
 ) -> dict[str, Any]:
-    """Jobs, newest first, each with its latest step and reward."""
-    return {"data": [public_job(j) for j in ctx.store.list_jobs(status, limit)]}
+    """The caller's jobs (the admin: everyone's), newest first, each with its latest step and reward."""
+    return {"data": [public_job(j) for j in ctx.store.list_jobs(status, limit, caller.sees)]}
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
-    return public_job(services.require_job(ctx.store, job_id), with_config=True)
+def get_job(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    return public_job(services.require_job(ctx.store, caller, job_id), with_config=True)
 
 
-def _act(ctx: Ctx, job_id: str, action: str) -> dict[str, Any]:
-    services.require_job(ctx.store, job_id)
+def _act(ctx: Ctx, caller: CurrentCaller, job_id: str, action: str) -> dict[str, Any]:
+    services.require_job(ctx.store, caller, job_id)
     try:
         job = queue.request(ctx.store, job_id, action)
     except ValueError as e:
@@ -65,33 +68,34 @@ def _act(ctx: Ctx, job_id: str, action: str) -> dict[str, Any]:
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+def cancel_job(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Cancel: a queued or paused job at once; a running one's process is stopped within seconds."""
-    return _act(ctx, job_id, "cancel")
+    return _act(ctx, caller, job_id, "cancel")
 
 
 @router.post("/{job_id}/pause")
-def pause_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+def pause_job(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Pause: the process stops; `resume` continues from the last complete checkpoint."""
-    return _act(ctx, job_id, "pause")
+    return _act(ctx, caller, job_id, "pause")
 
 
 @router.post("/{job_id}/resume")
-def resume_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
+def resume_job(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Put a paused job, or a failed one that wrote a checkpoint, back in the queue: it continues
     from its last complete checkpoint."""
-    return _act(ctx, job_id, "resume")
+    return _act(ctx, caller, job_id, "resume")
 
 
 @router.get("/{job_id}/logs")
 def job_logs(
     job_id: str,
     ctx: Ctx,
+    caller: CurrentCaller,
     offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
     limit: Annotated[int, Query(ge=1, le=4 * 1024**2)] = 256 * 1024,
 ) -> dict[str, Any]:
     """The training process's output (all attempts), from `offset`; `next_offset` continues it."""
-    job = services.require_job(ctx.store, job_id)
+    job = services.require_job(ctx.store, caller, job_id)
     path = queue.job_log_path(job["run_dir"])
     if not path.is_file():
         return {"text": "", "offset": offset, "next_offset": offset}
@@ -102,16 +106,16 @@ def job_logs(
 
 
 @router.get("/{job_id}/events")
-def job_events(job_id: str, ctx: Ctx) -> dict[str, Any]:
+def job_events(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """State changes of a job (queued, claimed, started, retry, recovered, succeeded, ...)."""
-    services.require_job(ctx.store, job_id)
+    services.require_job(ctx.store, caller, job_id)
     return {"data": ctx.store.job_events(job_id)}
 
 
 def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
     keep = (
         *("id", "name", "status", "method", "base_model", "dataset_id", "attempts", "requested", "error"),
-        *("trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
+        *("owner", "trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
     )
     out = {k: job.get(k) for k in keep}
     last = last_metrics(job["run_dir"]) or {}

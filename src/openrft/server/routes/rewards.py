@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from openrft.server import services
-from openrft.server.deps import Ctx
+from openrft.server.deps import Ctx, CurrentCaller
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
+
+Owner = Annotated[
+    str | None,
+    Query(
+        description="Admin only: whose reward of that name (default: the admin's, else the one user's "
+        "who has it). Reward names are per user."
+    ),
+]
 
 
 class RewardCreate(BaseModel):
@@ -39,41 +47,45 @@ class RewardTest(BaseModel):
 
 
 @router.post("", status_code=201)
-async def create_reward(body: RewardCreate, ctx: Ctx, response: Response) -> dict[str, Any]:
+async def create_reward(
+    body: RewardCreate, ctx: Ctx, caller: CurrentCaller, response: Response
+) -> dict[str, Any]:
     """Store a new version (201), or return the latest one unchanged (200) if the source is the same."""
     version, created = await run_in_threadpool(
-        services.create_reward, ctx.store, body.name, body.source, body.function, body.tests
+        services.create_reward, ctx.store, caller, body.name, body.source, body.function, body.tests
     )
     response.status_code = 201 if created else 200
     return _public(version, with_source=False)
 
 
 @router.get("")
-def list_rewards(ctx: Ctx) -> dict[str, Any]:
-    """The latest version of each reward function."""
-    return {"data": [_public(r, with_source=False) for r in ctx.store.list_rewards()]}
+def list_rewards(ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    """The latest version of each of the caller's reward functions (the admin: everyone's)."""
+    return {"data": [_public(r, with_source=False) for r in ctx.store.list_rewards(caller.sees)]}
 
 
 @router.get("/{name}")
-def get_reward(name: str, ctx: Ctx) -> dict[str, Any]:
+def get_reward(name: str, ctx: Ctx, caller: CurrentCaller, owner: Owner = None) -> dict[str, Any]:
     """All versions of a reward function (without source), oldest first."""
-    versions = ctx.store.reward_versions(name)
-    if not versions:
-        services.require_reward(ctx.store, name)
+    versions = services.reward_versions(ctx.store, caller, name, owner)
     return {"name": name, "versions": [_public(v, with_source=False) for v in versions]}
 
 
 @router.get("/{name}/versions/{version}")
-def get_reward_version(name: str, version: int, ctx: Ctx) -> dict[str, Any]:
+def get_reward_version(
+    name: str, version: int, ctx: Ctx, caller: CurrentCaller, owner: Owner = None
+) -> dict[str, Any]:
     """One version with its source."""
-    return _public(services.require_reward(ctx.store, name, version), with_source=True)
+    return _public(services.require_reward(ctx.store, caller, name, version, owner), with_source=True)
 
 
 @router.post("/{name}/test")
-async def test_reward(name: str, body: RewardTest, ctx: Ctx) -> dict[str, Any]:
+async def test_reward(
+    name: str, body: RewardTest, ctx: Ctx, caller: CurrentCaller, owner: Owner = None
+) -> dict[str, Any]:
     """Run golden cases against a version in the isolated reward workers."""
     return await run_in_threadpool(
-        services.run_reward_tests, ctx.store, name, body.version, body.cases, body.kwargs
+        services.run_reward_tests, ctx.store, caller, name, body.version, body.cases, body.kwargs, owner
     )
 
 
