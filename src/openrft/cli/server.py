@@ -26,16 +26,26 @@ def serve(
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="Training jobs run at once (0 = none).")] = 1,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest dataset upload.")] = 512,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_model_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-model-dir",
+            help="A directory whose model folders jobs may use as model.name (repeatable); "
+            "otherwise only the known model names.",
+        ),
+    ] = None,
 ) -> None:
     """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /)."""
     import uvicorn
 
     from openrft.server import ServerSettings, create_app
+    from openrft.server.limits import uvicorn_limits
 
     settings = ServerSettings(
         data_dir=data_dir,
         max_concurrent_jobs=max_jobs,
         max_upload_bytes=int(max_upload_mb * 1024**2),
+        allowed_model_dirs=allow_model_dir or [],
     )
     app = create_app(settings)
     source = app.state.api_key_source
@@ -49,7 +59,7 @@ def serve(
         console.print("[bold]API key:[/] from $OPENRFT_API_KEY")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits())
 
 
 app = typer.Typer(help="Run the OpenRFT server.", no_args_is_help=False)

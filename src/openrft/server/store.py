@@ -22,6 +22,7 @@ process; writes that must be atomic use `BEGIN IMMEDIATE`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -154,19 +155,33 @@ class Store:
     # -- datasets ---------------------------------------------------------------------------------
 
     def add_dataset(
-        self, *, sha256: str, name: str, path: Path, fmt: str, size: int, num_rows: int, columns: list[str]
+        self,
+        *,
+        sha256: str,
+        name: str,
+        path: Path,
+        fmt: str,
+        size: int,
+        num_rows: int,
+        columns: list[str],
+        upload: Path | None = None,
     ) -> dict[str, Any]:
-        """Insert a dataset (or rename the existing one with the same bytes); returns its row."""
+        """Insert a dataset (or rename the existing one with the same bytes); returns its row.
+
+        `upload`, if given, is moved to `path` inside the same write transaction as the insert, and
+        `delete_dataset` removes files inside its own, so a row never points at a missing file.
+        """
         ds_id = dataset_id(sha256)
         with self.tx() as db:
+            if upload is not None:
+                os.replace(upload, path)
             db.execute(
                 "INSERT INTO datasets (id, sha256, name, path, format, bytes, num_rows, columns, created_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET name=excluded.name",
                 (ds_id, sha256, name, str(path), fmt, size, num_rows, json.dumps(columns), time.time()),
             )
-        found = self.get_dataset(ds_id)
-        assert found is not None
-        return found
+            row = db.execute("SELECT * FROM datasets WHERE id=?", (ds_id,)).fetchone()
+        return _dataset_row(dict(row))
 
     def get_dataset(self, ds_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM datasets WHERE id=? OR sha256=?", (ds_id, ds_id))
@@ -176,7 +191,14 @@ class Store:
         return [_dataset_row(r) for r in self.query("SELECT * FROM datasets ORDER BY created_at DESC")]
 
     def delete_dataset(self, ds_id: str) -> None:
-        self.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
+        """Delete a dataset's row, and its file unless another row still uses it (one transaction)."""
+        with self.tx() as db:
+            row = db.execute("SELECT path FROM datasets WHERE id=?", (ds_id,)).fetchone()
+            if row is None:
+                return
+            db.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
+            if db.execute("SELECT 1 FROM datasets WHERE path=? LIMIT 1", (row["path"],)).fetchone() is None:
+                Path(row["path"]).unlink(missing_ok=True)
 
     # -- reward versions --------------------------------------------------------------------------
 

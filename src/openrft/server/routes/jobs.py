@@ -33,7 +33,14 @@ class JobCreate(BaseModel):
 @router.post("", status_code=201)
 async def create_job(body: JobCreate, ctx: Ctx) -> dict[str, Any]:
     """Validate the config (data rows, reward functions) and queue the job."""
-    job = await run_in_threadpool(services.create_job, ctx.store, body.config, body.name, body.trackers)
+    job = await run_in_threadpool(
+        services.create_job,
+        ctx.store,
+        body.config,
+        body.name,
+        body.trackers,
+        ctx.settings.allowed_model_dirs,
+    )
     ctx.wake_worker()
     return public_job(job)
 
@@ -86,7 +93,7 @@ def resume_job(job_id: str, ctx: Ctx) -> dict[str, Any]:
 def job_logs(
     job_id: str,
     ctx: Ctx,
-    offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62, description="Byte offset to read from.")] = 0,
     limit: Annotated[int, Query(ge=1, le=4 * 1024**2)] = 256 * 1024,
 ) -> dict[str, Any]:
     """The training process's output (all attempts), from `offset`; `next_offset` continues it."""
@@ -97,7 +104,8 @@ def job_logs(
     with path.open("rb") as f:
         f.seek(offset)
         data = f.read(limit)
-    return {"text": data.decode("utf-8", "replace"), "offset": offset, "next_offset": offset + len(data)}
+    text = services.relativise(data.decode("utf-8", "replace"), ctx.store.root)
+    return {"text": text, "offset": offset, "next_offset": offset + len(data)}
 
 
 @router.get("/{job_id}/events")
@@ -120,4 +128,4 @@ def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, A
     out["has_adapter"] = (Path(job["run_dir"]) / "adapter" / "adapter_config.json").is_file()
     if with_config:
         out["config"] = job["config"]
-    return out
+    return services.relativise(out, Path(job["run_dir"]).parents[1])  # run_dir = <data dir>/runs/<id>
