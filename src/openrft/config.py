@@ -464,7 +464,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **d
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         except RecursionError:
-            raise ConfigError(f"{p}: the YAML is nested too deeply; a config is a few levels of keys") from None
+            raise ConfigError(
+                f"{p}: the YAML is nested too deeply; a config is a few levels of keys"
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the config must be a mapping of keys to values")
         raw = {**loaded, **raw}

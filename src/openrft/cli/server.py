@@ -59,7 +59,9 @@ def serve(
         console.print("[bold]API key:[/] from $OPENRFT_API_KEY")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits())
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits()
+    )
 
 
 app = typer.Typer(help="Run the OpenRFT server.", no_args_is_help=False)

@@ -124,7 +124,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The traceback is logged by the server (uvicorn); the client gets no detail.
         log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
-        return _error(500, "internal server error; the server log has the details", "server_error")
+        message = "internal server error; the server log has the details"
+        return _error(500, message, kind="server_error", code="server_error")
 
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes

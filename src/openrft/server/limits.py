@@ -60,7 +60,9 @@ HEADERS_TOO_LARGE = _error_body(
 def head_size(scope: dict[str, Any]) -> int:
     """Bytes of a request's path, query string and headers (about what its head took on the wire)."""
     headers = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
-    return len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + headers
+    return (
+        len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + headers
+    )
 
 
 class HeaderLimitMiddleware:

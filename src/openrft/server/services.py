@@ -39,7 +39,7 @@ MAX_FILENAME = 255
 MAX_CONFIG_NESTING = 32
 MAX_VERSION = 2**63 - 1  # SQLite's largest integer
 _REWARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
-_REWARD_REF = re.compile(r"reward:([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(?:@v?(\d{1,19}))?")
+_REWARD_REF = re.compile(r"reward:([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(?:@v?(\d+))?")
 
 
 class NotFound(UserError):
@@ -306,7 +306,8 @@ def resolve_reward_ref(store: Store, function: str, where: str) -> str:
     """`reward:<name>[@N]` -> '<path>:<function>'; built-in names unchanged; other forms refused."""
     m = _REWARD_REF.fullmatch(function.strip())
     if m:
-        version = int(m.group(2)) if m.group(2) else None
+        digits = m.group(2)
+        version = None if not digits else int(digits) if len(digits) <= 19 else MAX_VERSION + 1
         rv = stored_reward(store, m.group(1), version)
         if rv is None:
             raise ConfigError(
@@ -391,7 +392,8 @@ def allowed_model(name: str, where: str, model_dirs: Sequence[Path]) -> str:
     if resolved is None:
         raise ConfigError(
             f"config: {where} = {name!r} is not a model this server offers; use one of "
-            f"{', '.join(KNOWN_MODELS)} or a directory the operator allowed (openrft server --allow-model-dir)"
+            f"{', '.join(KNOWN_MODELS)} or a directory the operator allowed "
+            "(openrft server --allow-model-dir)"
         )
     if not (resolved / "config.json").is_file():
         raise ConfigError(f"config: {where} = {name!r}: not a model directory (no config.json)")
