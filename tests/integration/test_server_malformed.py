@@ -225,7 +225,8 @@ def test_no_response_shows_the_data_dir(app_data: tuple[TestClient, Path], datas
     run_dir = store.runs_dir / job_id
     run_dir.mkdir(parents=True, exist_ok=True)
     queue.job_log_path(run_dir).write_text(f"loading {data / 'datasets' / 'x.jsonl'}\n")
-    store.execute("UPDATE jobs SET error=? WHERE id=?", (f"{data}/runs/{job_id}/x.py:1: boom", job_id))
+    store.execute("UPDATE jobs SET status='running' WHERE id=?", (job_id,))
+    queue.finish(store, job_id, "failed", f"{data}/runs/{job_id}/x.py:1: boom")
     bodies = [
         created.text,
         job.text,
@@ -242,7 +243,7 @@ def test_no_response_shows_the_data_dir(app_data: tuple[TestClient, Path], datas
     assert got["config"]["output_dir"] == f"runs/{job_id}"
     assert got["config"]["data"]["train"].startswith("datasets/")
     assert client.get(f"/v1/jobs/{job_id}/logs").json()["text"] == "loading datasets/x.jsonl\n"
-    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert client.get(f"/v1/jobs/{job_id}/events").json()["data"][-1]["detail"] == got["error"]
 
 
 def _get_routes(ds: str, job_id: str) -> list[str]:

@@ -112,7 +112,7 @@ def job_logs(
 def job_events(job_id: str, ctx: Ctx) -> dict[str, Any]:
     """State changes of a job (queued, claimed, started, recovered, succeeded, ...)."""
     services.require_job(ctx.store, job_id)
-    return {"data": ctx.store.job_events(job_id)}
+    return {"data": services.relativise(ctx.store.job_events(job_id), ctx.store.root)}
 
 
 def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
