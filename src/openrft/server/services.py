@@ -10,7 +10,11 @@ References a job config may use (the server resolves them to files in the data d
 - `rewards[].function`: a built-in name (`countdown.format`), or `reward:<name>` (latest version)
   or `reward:<name>@<version>` for a function registered with `POST /v1/rewards`; the version is
   pinned when the job is created;
-- `lora.init_adapter`: `adapter:<job id>`, the adapter of a finished job.
+- `lora.init_adapter`: `adapter:<job id>`, the adapter of a finished job;
+- `model.name` (and an LLM judge's `local_model`): a known model name, or a model directory under
+  one the operator allowed (`ServerSettings.allowed_model_dirs`); nothing else names a server path.
+
+Responses write data-dir paths relative to the data dir (`relativise`).
 """
 
 from __future__ import annotations
