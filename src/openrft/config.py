@@ -431,7 +431,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return parts, value
 
@@ -463,6 +463,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **d
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        except RecursionError:
+            raise ConfigError(
+                f"{p}: the YAML is nested too deeply; a config is a few levels of keys"
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the config must be a mapping of keys to values")
         raw = {**loaded, **raw}

@@ -260,6 +260,32 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     assert "parquet" in error_of(write(tmp_path / "c.parquet", b"not parquet at all"))
 
 
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("deep.json", '[{"a": 1}, {"a": ' + DEEP + "}]", "deep.json:1:"),
+        ("deep.jsonl", '{"a": 1}\n{"a": ' + DEEP + "}\n", "deep.jsonl:2:"),
+        ("deep.csv", "a\n" + "[" * 50_000 + "]" * 50_000 + "\n", "deep.csv:2: column 'a':"),
+        ("hundred.jsonl", '{"a": ' + "[" * 100 + "]" * 100 + "}\n", "hundred.jsonl:1:"),
+    ],
+)
+def test_values_nested_too_deeply_are_a_data_error_naming_the_line(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    with pytest.raises(DataError, match="nested more than 64 levels") as err:
+        read_rows(write(tmp_path / name, text))
+    assert str(err.value).startswith(str(tmp_path / where))
+
+
+def test_nesting_up_to_the_limit_loads(tmp_path: Path) -> None:
+    value = "[" * 63 + "1" + "]" * 63  # the row is level 1, so its value may nest 63 levels
+    rows = load_rows(write(tmp_path / "ok.jsonl", '{"a": ' + value + "}\n"))
+    assert json.dumps(rows[0]["a"]).count("[") == 63
+
+
 # ---------------------------------------------------------------- splits
 
 

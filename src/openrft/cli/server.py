@@ -34,6 +34,14 @@ def serve(
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="Training jobs run at once (0 = none).")] = 1,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest dataset upload.")] = 512,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_model_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-model-dir",
+            help="A directory whose model folders jobs may use as model.name (repeatable); "
+            "otherwise only the known model names.",
+        ),
+    ] = None,
 ) -> None:
     """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /); `keys` manages
     users' API keys."""
@@ -42,11 +50,13 @@ def serve(
     import uvicorn
 
     from openrft.server import ServerSettings, create_app
+    from openrft.server.limits import uvicorn_limits
 
     settings = ServerSettings(
         data_dir=data_dir,
         max_concurrent_jobs=max_jobs,
         max_upload_bytes=int(max_upload_mb * 1024**2),
+        allowed_model_dirs=allow_model_dir or [],
     )
     app = create_app(settings)
     source = app.state.api_key_source
@@ -61,7 +71,9 @@ def serve(
     console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits()
+    )
 
 
 # -- openrft server keys ---------------------------------------------------------------------------

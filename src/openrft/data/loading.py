@@ -49,6 +49,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = (
 )
 
 _BOM = b"\xef\xbb\xbf"
+MAX_NESTING = 64
+"""Deepest nesting of lists and objects accepted in a row (the row itself is level 1)."""
 _INT_RE = re.compile(r"[+-]?(0|[1-9]\d*)")
 _FLOAT_RE = re.compile(r"[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
@@ -108,7 +110,40 @@ def read_rows(path: str | Path) -> LoadedRows:
         raise DataError(
             "the dataset has no rows", file=source, hint="add at least one row (one prompt per row)"
         )
+    for index, row in enumerate(rows):
+        if nesting_exceeds(row, MAX_NESTING):
+            line = None if lines is None else lines[index]
+            raise _too_deep(source, line, None if line is not None else f"row {index + 1}")
     return LoadedRows(rows=rows, source=source, lines=lines)
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists/dicts in `value` nest deeper than `limit` levels (`value` itself is level 1).
+
+    Iterative, so it works on values too deep for recursive code (json.dumps, copy.deepcopy).
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _too_deep(source: str, line: int | None, where: str | None = None) -> DataError:
+    return DataError(
+        f"{where + ': ' if where else ''}lists/objects are nested more than {MAX_NESTING} levels deep",
+        file=source,
+        line=line,
+        hint="flatten the data; rows hold prompts and answers, not deep structures",
+    )
 
 
 def load_rows(path: str | Path) -> list[Row]:
@@ -195,6 +230,8 @@ def _read_jsonl(text: str, source: str) -> Iterator[tuple[int, Row]]:
             raise _json_error(
                 err, source, number, "malformed JSON", "each line must be one complete JSON object"
             ) from None
+        except RecursionError:
+            raise _too_deep(source, number) from None
         if not isinstance(value, dict):
             raise DataError(
                 f"line is a JSON {_json_type(value)}, expected an object",
@@ -242,6 +279,8 @@ def _read_json_list(text: str, source: str) -> Iterator[tuple[int, Row]]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise _json_error(err, source, err.lineno, "malformed JSON", _JSON_HINT) from None
+        except RecursionError:
+            raise _too_deep(source, line_at(pos)) from None
         if not isinstance(value, dict):
             raise fail(pos, f"list item is a JSON {_json_type(value)}, expected an object", _JSON_HINT)
         yield line_at(pos), value
@@ -334,6 +373,8 @@ def _csv_cell(cell: str, source: str, line: int, column: str) -> Any:
                 column=column,
                 hint='fix the JSON (strings need double quotes, e.g. ["a", "b"])',
             ) from None
+        except RecursionError:
+            raise _too_deep(source, line, f"column {column!r}") from None
     if _INT_RE.fullmatch(stripped):
         return int(stripped)
     if _FLOAT_RE.fullmatch(stripped):
@@ -401,7 +442,7 @@ def _read_hf_dir(path: Path, source: str) -> list[Row]:
 def _read_json_file(path: Path, source: str) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(
             f"{path.name} is not valid JSON: {err}",
             file=source,

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from openrft.rewards.builtin import BUILTIN_NAMES
 from openrft.rewards.http_graders import network_defaults, secret_env_names
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 class GoldenCase(BaseModel):
@@ -94,7 +94,7 @@ class RewardSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError(
                 f"reward name {value!r} must be letters, digits, '_', '.' or '-' (it becomes the metric "
                 f"rewards/{value}/mean); rename it"
@@ -133,7 +133,7 @@ class RewardSpec(BaseModel):
     @classmethod
     def _check_env(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"env: {name!r} is not an environment variable name")
         return value
 

@@ -16,10 +16,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from openrft import __version__
 from openrft.errors import UserError
@@ -27,7 +28,7 @@ from openrft.jobs.worker import JobWorker
 from openrft.server import accounts, services
 from openrft.server.auth import AuthMiddleware, load_or_create_key
 from openrft.server.deps import AppContext, documented_auth
-from openrft.server.limits import BodyLimitMiddleware
+from openrft.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from openrft.server.routes import adapters, datasets, jobs, keys, meta, rewards, runs
 from openrft.server.runs import SampleIndex
 from openrft.server.settings import ServerSettings
@@ -92,23 +93,40 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(meta.private, dependencies=auth)
     app.mount("/static", StaticFiles(directory=meta.STATIC_DIR), name="static")
 
+    def one_line(message: str) -> str:
+        """A message as the client sees it: one line, data-dir paths relative to the data dir."""
+        return services.relativise(" ".join(message.split()), store.root)
+
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         if isinstance(exc, services.NotFound):
-            return _error(404, str(exc), code="not_found")
+            return _error(404, one_line(str(exc)), code="not_found")
         if isinstance(exc, services.Conflict):
-            return _error(409, str(exc), code="conflict")
-        return _error(422, str(exc), code=type(exc).__name__)
+            return _error(409, one_line(str(exc)), code="conflict")
+        return _error(422, one_line(str(exc)), code=type(exc).__name__)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, one_line(str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}", code="validation_error")
+        message = f"{where}: {first.get('msg', 'invalid request')}"
+        return _error(422, one_line(message), code="validation_error")
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        message = "the request holds values nested too deeply; send flatter JSON"
+        return _error(422, message, code="nested_too_deeply")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback is logged by the server (uvicorn); the client gets no detail.
+        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        message = "internal server error; the server log has the details"
+        return _error(500, message, kind="server_error", code="server_error")
 
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
@@ -117,5 +135,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return accounts.resolve(store, key, token)
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(AuthMiddleware, resolve=resolve)  # added last = outermost: runs first
+    app.add_middleware(AuthMiddleware, resolve=resolve)
+    app.add_middleware(HeaderLimitMiddleware)  # added last = outermost: runs first
     return app

@@ -32,11 +32,14 @@ def serve_in_background(
     import uvicorn
 
     from openrft.server.app import create_app
+    from openrft.server.limits import uvicorn_limits
 
     port = port or free_port(host)
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **uvicorn_limits()
+        )
     )
     thread = threading.Thread(target=server.run, name="openrft-server", daemon=True)
     thread.start()

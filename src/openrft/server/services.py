@@ -15,7 +15,11 @@ References a job config may use (the server resolves them to files in the data d
 - `rewards[].function`: a built-in name (`countdown.format`), or `reward:<name>` (latest version)
   or `reward:<name>@<version>` for a function registered with `POST /v1/rewards`; the version is
   pinned when the job is created;
-- `lora.init_adapter`: `adapter:<job id>`, the adapter of a finished job.
+- `lora.init_adapter`: `adapter:<job id>`, the adapter of a finished job;
+- `model.name` (and an LLM judge's `local_model`): a known model name, or a model directory under
+  one the operator allowed (`ServerSettings.allowed_model_dirs`); nothing else names a server path.
+
+Responses write data-dir paths relative to the data dir (`relativise`).
 """
 
 from __future__ import annotations
@@ -27,17 +31,25 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openrft.data.loading import LoadedRows, nesting_exceeds
 from openrft.errors import ConfigError, DataError, RewardError, UserError
 from openrft.jobs import queue
 from openrft.server.accounts import Caller
 from openrft.server.store import ADMIN, Store
 
+if TYPE_CHECKING:
+    from openrft.config import RunConfig
+
 DATASET_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".json", ".parquet")
-_REWARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-_REWARD_REF = re.compile(r"^reward:([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(?:@v?(\d+))?$")
+MAX_FILENAME = 255
+MAX_CONFIG_NESTING = 32
+MAX_VERSION = 2**63 - 1  # SQLite's largest integer
+_REWARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+_REWARD_REF = re.compile(r"reward:([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(?:@v?(\d+))?")
 
 
 class NotFound(UserError):
@@ -63,44 +75,61 @@ def dataset_extension(filename: str) -> str:
     return ext
 
 
+def upload_name(filename: str) -> str:
+    """The name an upload is shown under (its last path component); DataError if it is unusable."""
+    name = Path(filename).name
+    if not name or len(name) > MAX_FILENAME or any(ch < " " or ch == "\x7f" for ch in name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise DataError(
+            f"unusable file name {shown!r}",
+            file="?filename",
+            hint=f"give 1 to {MAX_FILENAME} characters without control characters, e.g. ?filename=rows.jsonl",
+        )
+    dataset_extension(name)
+    return name
+
+
 def save_dataset(
     store: Store, caller: Caller, tmp_file: Path, filename: str, sha256: str, size: int
 ) -> dict[str, Any]:
-    """Validate an uploaded file (already written to `tmp_file`) and store it by its sha256, as the
-    caller's dataset (users who upload the same bytes share the file, each with their own row)."""
-    from openrft.data import read_rows
-
-    ext = dataset_extension(filename)
-    named = tmp_file.parent / Path(filename).name
+    """Validate an uploaded file (already written to `tmp_file`, alone in its own temp folder) and
+    store it by its sha256 as the caller's dataset (users who upload the same bytes share the file,
+    each with their own row): the move into the datasets folder and the row are one transaction."""
+    name = upload_name(filename)
+    ext = dataset_extension(name)
+    named = tmp_file.with_name(f"upload{ext}")
     os.replace(tmp_file, named)
-    try:
-        loaded = read_rows(named)
-    except DataError as e:
-        e.args = (str(e).replace(str(named), Path(filename).name),)  # the user's file name, not ours
-        raise
+    loaded = read_stored_rows(named, name)
     columns = list(dict.fromkeys(k for row in loaded.rows[:1000] for k in row))
-    final = store.datasets_dir / f"{sha256}{ext}"
-    if not final.exists():
-        os.replace(named, final)
-    else:
-        named.unlink(missing_ok=True)
     return store.add_dataset(
         owner=caller.name,
         sha256=sha256,
-        name=Path(filename).name,
-        path=final,
+        name=name,
+        path=store.datasets_dir / f"{sha256}{ext}",
         fmt=ext.lstrip("."),
         size=size,
         num_rows=len(loaded.rows),
         columns=columns,
+        upload=named,
     )
 
 
-def preview_dataset(store: Store, caller: Caller, ds_id: str, limit: int) -> dict[str, Any]:
+def read_stored_rows(path: str | Path, name: str) -> LoadedRows:
+    """`read_rows` of a file in the data dir; errors name the user's file `name`, not the server path."""
     from openrft.data import read_rows
 
+    if not Path(path).is_file():
+        raise NotFound(f"dataset {name!r} was deleted; upload it again")
+    try:
+        return read_rows(path)
+    except DataError as e:
+        e.args = (str(e).replace(str(path), name),)
+        raise
+
+
+def preview_dataset(store: Store, caller: Caller, ds_id: str, limit: int) -> dict[str, Any]:
     ds = require_dataset(store, caller, ds_id)
-    rows = read_rows(ds["path"]).rows
+    rows = read_stored_rows(ds["path"], ds["name"]).rows
     return {"id": ds["id"], "num_rows": len(rows), "columns": ds["columns"], "rows": rows[:limit]}
 
 
@@ -118,8 +147,7 @@ def delete_dataset(store: Store, caller: Caller, ds_id: str) -> None:
     users = _active_jobs_reading(store, ds["path"], caller.sees)
     if users:
         raise Conflict(f"dataset {ds['id']} is used by unfinished jobs {users}; cancel them first")
-    if store.delete_dataset(ds["id"]) and not _active_jobs_reading(store, ds["path"], None):
-        Path(ds["path"]).unlink(missing_ok=True)
+    store.delete_dataset(ds["id"], keep_file=bool(_active_jobs_reading(store, ds["path"], None)))
 
 
 def _active_jobs_reading(store: Store, path: str, owner: str | None) -> list[str]:
@@ -153,7 +181,7 @@ def create_reward(
     """
     from openrft.rewards import GoldenCase, RewardSpec, check_function, run_golden_tests
 
-    if not _REWARD_NAME.match(name):
+    if not _REWARD_NAME.fullmatch(name):
         raise RewardError(
             f"reward name {name!r}: use letters, digits, '_', '.' or '-' (at most 64 characters)"
         )
@@ -201,10 +229,18 @@ def reward_owner(store: Store, caller: Caller, name: str, owner: str | None = No
     return owners[0]
 
 
+def stored_reward(store: Store, name: str, version: int | None, owner: str) -> dict[str, Any] | None:
+    """`owner`'s reward version row (the latest if `version` is None); None for versions SQLite
+    cannot hold."""
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        return None
+    return store.reward_version(name, version, owner)
+
+
 def require_reward(
     store: Store, caller: Caller, name: str, version: int | None = None, owner: str | None = None
 ) -> dict[str, Any]:
-    found = store.reward_version(name, version, reward_owner(store, caller, name, owner))
+    found = stored_reward(store, name, version, reward_owner(store, caller, name, owner))
     if found is None:
         what = f"reward {name!r}" + (f" version {version}" if version is not None else "")
         raise NotFound(f"{what} not found; register it with POST /v1/rewards")
@@ -243,7 +279,7 @@ def run_reward_tests(
         raise RewardError(f"reward {name!r} v{rv['version']} has no golden cases; send `cases`")
     spec = RewardSpec(name=name, function=f"{rv['path']}:{rv['function']}", tests=parsed, kwargs=kwargs or {})
     failures = run_golden_tests([spec])
-    return {
+    result = {
         "name": name,
         "version": rv["version"],
         "cases": len(parsed),
@@ -252,22 +288,32 @@ def run_reward_tests(
             {"case": f.case, "expected": f.expected, "got": f.got, "detail": f.detail} for f in failures
         ],
     }
+    return relativise(result, store.root)
 
 
 # -- jobs -----------------------------------------------------------------------------------------
 
 
 def resolve_job_config(
-    store: Store, caller: Caller, config: dict[str, Any], run_dir: Path
+    store: Store,
+    caller: Caller,
+    config: dict[str, Any],
+    run_dir: Path,
+    model_dirs: Sequence[Path] = (),
 ) -> tuple[dict[str, Any], str]:
     """Replace references (to the caller's resources) by data-dir paths, validate, and return
-    (resolved config, dataset id)."""
+    (resolved config, dataset id).
+
+    `model_dirs`: the directories (besides the known model names) that `model.name` may name.
+    """
     from openrft.config import load_config
-    from openrft.data import read_rows, validate_rows
+    from openrft.data import validate_rows
     from openrft.rewards import check_function
 
     if not isinstance(config, dict):
         raise ConfigError("config must be a JSON object (a RunConfig)")
+    if nesting_exceeds(config, MAX_CONFIG_NESTING):
+        raise ConfigError(f"config is nested more than {MAX_CONFIG_NESTING} levels deep; send a RunConfig")
     raw = copy.deepcopy(config)
     data = raw.get("data")
     if not isinstance(data, dict) or not data.get("train"):
@@ -288,7 +334,8 @@ def resolve_job_config(
     cfg = load_config(None, None, **raw)
     if cfg.method != "grpo":
         raise ConfigError(f"method {cfg.method!r} is not available on the server yet; use method: grpo")
-    loaded = read_rows(cfg.data.train)
+    check_server_paths(cfg, model_dirs)
+    loaded = read_stored_rows(cfg.data.train, train["name"])
     try:
         validate_rows(
             loaded.rows,
@@ -317,14 +364,15 @@ def require_dataset_ref(store: Store, caller: Caller, ref: str, where: str) -> d
 
 def resolve_reward_ref(store: Store, caller: Caller, function: str, where: str) -> str:
     """`reward:<name>[@N]` -> '<path>:<function>'; built-in names unchanged; other forms refused."""
-    m = _REWARD_REF.match(function.strip())
+    m = _REWARD_REF.fullmatch(function.strip())
     if m:
-        version = int(m.group(2)) if m.group(2) else None
+        digits = m.group(2)
+        version = None if not digits else int(digits) if len(digits) <= 19 else MAX_VERSION + 1
         try:
             owner = reward_owner(store, caller, m.group(1))
         except Conflict as e:
             raise ConfigError(f"config: {where} = {function!r}: {e}") from None
-        rv = store.reward_version(m.group(1), version, owner)
+        rv = stored_reward(store, m.group(1), version, owner)
         if rv is None:
             raise ConfigError(
                 f"config: {where} = {function!r}: no such registered reward; "
@@ -349,12 +397,108 @@ def resolve_adapter_ref(store: Store, caller: Caller, ref: str) -> str:
     return str(Path(job["run_dir"]) / "adapter")
 
 
+def check_server_paths(cfg: RunConfig, model_dirs: Sequence[Path]) -> None:
+    """Refuse config values that would make the server read files a tenant names: a model outside
+    the known names and `model_dirs`, completion functions from files, and stage overrides that
+    swap the job's resolved data, adapter, output or reward paths. Sets `cfg.model.name` to the
+    resolved directory when it is one."""
+    from openrft.config import stage_config
+
+    cfg.model.name = _check_run_paths(cfg, "", model_dirs)
+    functions = {r.function for r in cfg.rewards}
+    for i in range(len(cfg.stages)):
+        where = f"stages[{i}].overrides"
+        stage = stage_config(cfg, i)
+        _check_run_paths(stage, f"{where}: ", model_dirs)
+        for key in ("data.train", "data.eval", "lora.init_adapter", "output_dir"):
+            if _dotted(stage, key) != _dotted(cfg, key):
+                raise ConfigError(f"config: {where} sets {key}; on the server every stage uses the job's")
+        for spec in stage.rewards:
+            if spec.function not in functions and ":" in spec.function:
+                raise ConfigError(
+                    f"config: {where} sets rewards with function {spec.function!r}; on the server a stage "
+                    "uses the job's rewards or built-in ones"
+                )
+
+
+def _dotted(cfg: RunConfig, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_run_paths(cfg: RunConfig, where: str, model_dirs: Sequence[Path]) -> str:
+    """Check one (stage) config's path-valued fields; returns the model name to use."""
+    from openrft.config import SFT_COMPLETION_BUILTINS
+
+    for i, spec in enumerate(cfg.rewards):
+        local = spec.kwargs.get("local_model")
+        if local is not None:
+            allowed_model(str(local), f"{where}rewards[{i}].kwargs.local_model", model_dirs)
+    fn = cfg.sft.completion_fn
+    if fn is not None and fn not in SFT_COMPLETION_BUILTINS:
+        raise ConfigError(
+            f"config: {where}sft.completion_fn = {fn!r}: the server runs only the built-in completion "
+            f"writers ({', '.join(SFT_COMPLETION_BUILTINS)})"
+        )
+    return allowed_model(cfg.model.name, f"{where}model.name", model_dirs)
+
+
+def allowed_model(name: str, where: str, model_dirs: Sequence[Path]) -> str:
+    """`name` if it is a known model, the resolved directory if it lies under one of `model_dirs`;
+    otherwise ConfigError, with the same message whether or not such a path exists."""
+    from openrft.models.registry import KNOWN_MODELS
+
+    if name in KNOWN_MODELS:
+        return name
+    resolved = _resolved_under(name, model_dirs)
+    if resolved is None:
+        raise ConfigError(
+            f"config: {where} = {name!r} is not a model this server offers; use one of "
+            f"{', '.join(KNOWN_MODELS)} or a directory the operator allowed "
+            "(openrft server --allow-model-dir)"
+        )
+    if not (resolved / "config.json").is_file():
+        raise ConfigError(f"config: {where} = {name!r}: not a model directory (no config.json)")
+    return str(resolved)
+
+
+def _resolved_under(name: str, dirs: Sequence[Path]) -> Path | None:
+    """The absolute path `name` resolved (symlinks too) if it lies under one of `dirs`, else None."""
+    if "\x00" in name or not Path(name).is_absolute():
+        return None
+    try:
+        resolved = Path(name).resolve()
+        return resolved if any(resolved.is_relative_to(Path(d).resolve()) for d in dirs) else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def relativise(value: Any, root: Path) -> Any:
+    """`value` (str, list, dict) with every absolute path under the data dir `root` made relative
+    to it (`<root>/runs/x` -> `runs/x`), so responses do not show where the server keeps files."""
+    pattern = re.compile(re.escape(str(root)) + r"(?:/|(?![\w.\-]))")
+
+    def fix(item: Any) -> Any:
+        if isinstance(item, str):
+            return pattern.sub(lambda m: "" if m.group(0).endswith("/") else ".", item)
+        if isinstance(item, dict):
+            return {k: fix(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [fix(v) for v in item]
+        return item
+
+    return fix(value)
+
+
 def create_job(
     store: Store,
     caller: Caller,
     config: dict[str, Any],
     name: str | None = None,
     trackers: list[str] | None = None,
+    model_dirs: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Validate and queue a job of the caller (nothing is queued if anything is wrong)."""
     from openrft.tracking.sinks import TRACKERS
@@ -363,7 +507,7 @@ def create_job(
         if t not in TRACKERS:
             raise ConfigError(f"unknown tracker {t!r}; use any of {list(TRACKERS)}")
     job_id = queue.new_job_id()
-    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id)
+    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id, model_dirs)
     return queue.enqueue(
         store,
         config=resolved,

@@ -40,3 +40,8 @@ class ServerSettings(BaseModel):
     job_env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for training processes."
     )
+    allowed_model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose model folders a job's model.name may name; "
+        "besides these only the known model names are accepted.",
+    )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -207,10 +208,17 @@ class Store:
         size: int,
         num_rows: int,
         columns: list[str],
+        upload: Path | None = None,
     ) -> dict[str, Any]:
-        """Insert `owner`'s dataset (or rename their existing one with the same bytes); returns its row."""
+        """Insert `owner`'s dataset (or rename their existing one with the same bytes); returns its row.
+
+        `upload`, if given, is moved to `path` inside the same write transaction as the insert, and
+        `delete_dataset` removes files inside its own, so a row never points at a missing file.
+        """
         ds_id = dataset_id(sha256, owner)
         with self.tx() as db:
+            if upload is not None:
+                os.replace(upload, path)
             db.execute(
                 "INSERT INTO datasets (id, owner, sha256, name, path, format, bytes, num_rows, columns,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -228,9 +236,8 @@ class Store:
                     time.time(),
                 ),
             )
-        found = self.get_dataset(ds_id, owner)
-        assert found is not None
-        return found
+            row = db.execute("SELECT * FROM datasets WHERE id=?", (ds_id,)).fetchone()
+        return _dataset_row(dict(row))
 
     def get_dataset(self, ds_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """A dataset by id or sha256 (by sha256 with `owner` None: the admin's copy first)."""
@@ -247,15 +254,17 @@ class Store:
         )
         return [_dataset_row(r) for r in rows]
 
-    def delete_dataset(self, ds_id: str) -> bool:
-        """Delete a dataset's row; True if no other dataset row (another user's) uses its file."""
+    def delete_dataset(self, ds_id: str, keep_file: bool = False) -> None:
+        """Delete a dataset's row, and its file unless another row (another user's) still uses it
+        or `keep_file` (an unfinished job reads it); one transaction."""
         with self.tx() as db:
             row = db.execute("SELECT path FROM datasets WHERE id=?", (ds_id,)).fetchone()
-            db.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
             if row is None:
-                return False
-            others = db.execute("SELECT COUNT(*) FROM datasets WHERE path=?", (row["path"],)).fetchone()[0]
-        return others == 0
+                return
+            db.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
+            used = db.execute("SELECT 1 FROM datasets WHERE path=? LIMIT 1", (row["path"],)).fetchone()
+            if used is None and not keep_file:
+                Path(row["path"]).unlink(missing_ok=True)
 
     # -- reward versions --------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ async def upload_dataset(
     stored as `datasets/<sha256>.<ext>`. Uploading the same bytes again returns the same dataset.
     Over the size cap: 413, without the body being read.
     """
-    services.dataset_extension(filename)
+    services.upload_name(filename)
     folder = ctx.store.tmp_dir / secrets.token_hex(8)
     folder.mkdir(parents=True)
     tmp = folder / "upload"
@@ -41,9 +41,10 @@ async def upload_dataset(
                 digest.update(chunk)
                 size += len(chunk)
                 f.write(chunk)
-        return await run_in_threadpool(
+        saved = await run_in_threadpool(
             services.save_dataset, ctx.store, caller, tmp, filename, digest.hexdigest(), size
         )
+        return _public(saved)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -34,7 +34,13 @@ class JobCreate(BaseModel):
 async def create_job(body: JobCreate, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Validate the config (data rows, reward functions) and queue the job."""
     job = await run_in_threadpool(
-        services.create_job, ctx.store, caller, body.config, body.name, body.trackers
+        services.create_job,
+        ctx.store,
+        caller,
+        body.config,
+        body.name,
+        body.trackers,
+        ctx.settings.allowed_model_dirs,
     )
     ctx.wake_worker()
     return public_job(job)
@@ -91,7 +97,7 @@ def job_logs(
     job_id: str,
     ctx: Ctx,
     caller: CurrentCaller,
-    offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62, description="Byte offset to read from.")] = 0,
     limit: Annotated[int, Query(ge=1, le=4 * 1024**2)] = 256 * 1024,
 ) -> dict[str, Any]:
     """The training process's output (all attempts), from `offset`; `next_offset` continues it."""
@@ -102,14 +108,15 @@ def job_logs(
     with path.open("rb") as f:
         f.seek(offset)
         data = f.read(limit)
-    return {"text": data.decode("utf-8", "replace"), "offset": offset, "next_offset": offset + len(data)}
+    text = services.relativise(data.decode("utf-8", "replace"), ctx.store.root)
+    return {"text": text, "offset": offset, "next_offset": offset + len(data)}
 
 
 @router.get("/{job_id}/events")
 def job_events(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """State changes of a job (queued, claimed, started, retry, recovered, succeeded, ...)."""
     services.require_job(ctx.store, caller, job_id)
-    return {"data": ctx.store.job_events(job_id)}
+    return {"data": services.relativise(ctx.store.job_events(job_id), ctx.store.root)}
 
 
 def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
@@ -125,4 +132,4 @@ def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, A
     out["has_adapter"] = (Path(job["run_dir"]) / "adapter" / "adapter_config.json").is_file()
     if with_config:
         out["config"] = job["config"]
-    return out
+    return services.relativise(out, Path(job["run_dir"]).parents[1])  # run_dir = <data dir>/runs/<id>

@@ -56,4 +56,5 @@ async def models() -> dict[str, Any]:
     """Known base models and the ones provisioned on this server."""
     from openrft.models import list_models
 
-    return {"data": await run_in_threadpool(list_models)}
+    rows = await run_in_threadpool(list_models)
+    return {"data": [{k: v for k, v in row.items() if k != "path"} for row in rows]}
