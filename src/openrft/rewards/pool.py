@@ -45,8 +45,9 @@ from openrft.errors import RewardError
 from openrft.rewards.outcomes import Outcome
 from openrft.rewards.protocol import INTERNAL_ERROR_EXIT, MAX_LINE, decode_line, encode_frame, write_all
 from openrft.rewards.sandbox import make_pids_cgroup, remove_cgroup, user_process_count
+from openrft.rewards.url_guard import POLICY_ENV
 
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", POLICY_ENV)  # POLICY_ENV: a server's outbound rules
 _PKG_ROOT = str(Path(openrft.__file__).resolve().parent.parent)
 
 
@@ -103,8 +104,9 @@ def namespace_prefix(allow_network: bool) -> list[str] | None:
 
 
 def worker_env(home: str, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
-    """The whole environment of a worker: nothing from the trainer but locale, PATH and the
-    variables its profile names (`Profile.env`, e.g. a judge's API key; missing ones are skipped)."""
+    """The whole environment of a worker: nothing from the trainer but locale, PATH, a server's
+    network policy (`url_guard.POLICY_ENV`) and the variables its profile names (`Profile.env`,
+    e.g. a judge's API key; missing ones are skipped)."""
     env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
     env.update(HOME=home, TMPDIR=home, PYTHONPATH=_PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
