@@ -26,17 +26,38 @@ def serve(
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="Training jobs run at once (0 = none).")] = 1,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest dataset upload.")] = 512,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_reward_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-reward-env",
+            help="An environment variable jobs' reward specs may ask for (env, api_key_env); repeatable.",
+        ),
+    ] = None,
+    allow_reward_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-reward-host",
+            help="A host reward functions may reach: name, *.domain, IP, CIDR, or '*' (any public host); "
+            "repeatable. None = rewards get no network.",
+        ),
+    ] = None,
 ) -> None:
     """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from openrft.server import ServerSettings, create_app
 
-    settings = ServerSettings(
-        data_dir=data_dir,
-        max_concurrent_jobs=max_jobs,
-        max_upload_bytes=int(max_upload_mb * 1024**2),
-    )
+    try:
+        settings = ServerSettings(
+            data_dir=data_dir,
+            max_concurrent_jobs=max_jobs,
+            max_upload_bytes=int(max_upload_mb * 1024**2),
+            allow_reward_env=allow_reward_env or [],
+            allow_reward_hosts=allow_reward_host or [],
+        )
+    except ValidationError as e:
+        raise typer.BadParameter(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None
     app = create_app(settings)
     source = app.state.api_key_source
     if source == "generated":

@@ -147,6 +147,10 @@ def normalize_host_entry(entry: str) -> str:
     return text
 
 
+def _hint(host: str) -> str:
+    return f"; the operator can allow it with --allow-reward-host {host.strip('[]')}"
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     """The addresses of `host` from the system resolver (getaddrinfo), in its order."""
     try:
@@ -208,17 +212,17 @@ class NetworkPolicy:
             return f"{host!r} is {why}, which this server refuses" if why else None
         return None
 
-    def resolve(self, host: str, port: int, resolver: Resolver = system_resolver) -> list[str]:
-        """The addresses to connect to for `host`, all checked; BlockedURL when any is refused."""
-        hint = f"; the operator can allow it with --allow-reward-host {host.strip('[]')}"
+    def check_host(self, host: str) -> None:
+        """BlockedURL if `host` is refused before resolving it (not allowed, or a non-public IP)."""
         why = self.refusal(host)
         if why is not None:
-            raise BlockedURL(f"reward network policy: {why}{hint}")
-        ip = literal_ip(host)
-        addresses = [str(ip)] if ip is not None else resolver(host, port)
+            raise BlockedURL(f"reward network policy: {why}{_hint(host)}")
+
+    def check_addresses(self, host: str, addresses: list[str]) -> None:
+        """BlockedURL if any address `host` resolved to is refused."""
         if not addresses:
             raise BlockedURL(f"reward network policy: {host!r} has no address")
-        trusted = ip is None and self._name_listed(host)
+        trusted = literal_ip(host) is None and self._name_listed(host)
         for address in addresses:
             try:
                 resolved = ipaddress.ip_address(address.split("%", 1)[0])
@@ -226,7 +230,16 @@ class NetworkPolicy:
                 raise BlockedURL(f"reward network policy: {host!r} resolved to {address!r}") from None
             reason = blocked_reason(resolved)
             if reason and not trusted and not self._address_listed(resolved):
-                raise BlockedURL(f"reward network policy: {host!r} resolves to {address}, {reason}{hint}")
+                raise BlockedURL(
+                    f"reward network policy: {host!r} resolves to {address}, {reason}{_hint(host)}"
+                )
+
+    def resolve(self, host: str, port: int, resolver: Resolver = system_resolver) -> list[str]:
+        """The addresses to connect to for `host`, all checked; BlockedURL when any is refused."""
+        self.check_host(host)
+        ip = literal_ip(host)
+        addresses = [str(ip)] if ip is not None else resolver(host, port)
+        self.check_addresses(host, addresses)
         return addresses
 
     def to_env(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from openrft.errors import ConfigError, DataError, RewardError, UserError
 from openrft.jobs import queue
+from openrft.server.policy import RewardPolicy
 from openrft.server.store import Store
 
 DATASET_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -179,8 +180,10 @@ def run_reward_tests(
     version: int | None,
     cases: list[dict[str, Any]] | None,
     kwargs: dict[str, Any] | None = None,
+    policy: RewardPolicy = RewardPolicy(),
 ) -> dict[str, Any]:
-    """Run golden cases (given, or the version's stored ones) against a stored version."""
+    """Run golden cases (given, or the version's stored ones) against a stored version; `kwargs`
+    must pass the operator's `policy` (default: nothing allowed)."""
     from openrft.rewards import GoldenCase, RewardSpec, run_golden_tests
 
     rv = require_reward(store, name, version)
@@ -192,6 +195,7 @@ def run_reward_tests(
     if not parsed:
         raise RewardError(f"reward {name!r} v{rv['version']} has no golden cases; send `cases`")
     spec = RewardSpec(name=name, function=f"{rv['path']}:{rv['function']}", tests=parsed, kwargs=kwargs or {})
+    policy.check_spec(spec)
     failures = run_golden_tests([spec])
     return {
         "name": name,
@@ -207,8 +211,11 @@ def run_reward_tests(
 # -- jobs -----------------------------------------------------------------------------------------
 
 
-def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str]:
-    """Replace references by data-dir paths, validate, and return (resolved config, dataset id)."""
+def resolve_job_config(
+    store: Store, config: dict[str, Any], run_dir: Path, policy: RewardPolicy = RewardPolicy()
+) -> tuple[dict[str, Any], str]:
+    """Replace references by data-dir paths, validate (rewards against the operator's `policy`;
+    default: no secrets, no network), and return (resolved config, dataset id)."""
     from openrft.config import load_config
     from openrft.data import read_rows, validate_rows
     from openrft.rewards import check_function
@@ -235,6 +242,7 @@ def resolve_job_config(store: Store, config: dict[str, Any], run_dir: Path) -> t
     cfg = load_config(None, None, **raw)
     if cfg.method != "grpo":
         raise ConfigError(f"method {cfg.method!r} is not available on the server yet; use method: grpo")
+    policy.check_config(cfg)
     loaded = read_rows(cfg.data.train)
     try:
         validate_rows(
@@ -293,16 +301,21 @@ def resolve_adapter_ref(store: Store, ref: str) -> str:
 
 
 def create_job(
-    store: Store, config: dict[str, Any], name: str | None = None, trackers: list[str] | None = None
+    store: Store,
+    config: dict[str, Any],
+    name: str | None = None,
+    trackers: list[str] | None = None,
+    policy: RewardPolicy = RewardPolicy(),
 ) -> dict[str, Any]:
-    """Validate and queue a job (nothing is queued if anything is wrong)."""
+    """Validate and queue a job (nothing is queued if anything is wrong, or if its rewards ask for
+    more than the operator's `policy` allows)."""
     from openrft.tracking.sinks import TRACKERS
 
     for t in trackers or []:
         if t not in TRACKERS:
             raise ConfigError(f"unknown tracker {t!r}; use any of {list(TRACKERS)}")
     job_id = queue.new_job_id()
-    resolved, ds_id = resolve_job_config(store, config, store.runs_dir / job_id)
+    resolved, ds_id = resolve_job_config(store, config, store.runs_dir / job_id, policy)
     return queue.enqueue(
         store, config=resolved, name=name, trackers=trackers, dataset_id=ds_id, job_id=job_id
     )

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from openrft.jobs import queue
 from openrft.server import services
 from openrft.server.deps import Ctx
+from openrft.server.policy import RewardPolicy
 from openrft.server.runs import last_metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -33,7 +34,10 @@ class JobCreate(BaseModel):
 @router.post("", status_code=201)
 async def create_job(body: JobCreate, ctx: Ctx) -> dict[str, Any]:
     """Validate the config (data rows, reward functions) and queue the job."""
-    job = await run_in_threadpool(services.create_job, ctx.store, body.config, body.name, body.trackers)
+    policy = RewardPolicy.from_settings(ctx.settings)
+    job = await run_in_threadpool(
+        services.create_job, ctx.store, body.config, body.name, body.trackers, policy
+    )
     ctx.wake_worker()
     return public_job(job)
 

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.server import services
 from openrft.server.deps import Ctx
+from openrft.server.policy import RewardPolicy
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
@@ -72,8 +73,9 @@ def get_reward_version(name: str, version: int, ctx: Ctx) -> dict[str, Any]:
 @router.post("/{name}/test")
 async def test_reward(name: str, body: RewardTest, ctx: Ctx) -> dict[str, Any]:
     """Run golden cases against a version in the isolated reward workers."""
+    policy = RewardPolicy.from_settings(ctx.settings)
     return await run_in_threadpool(
-        services.run_reward_tests, ctx.store, name, body.version, body.cases, body.kwargs
+        services.run_reward_tests, ctx.store, name, body.version, body.cases, body.kwargs, policy
     )
 
 
