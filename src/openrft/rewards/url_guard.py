@@ -66,6 +66,11 @@ _NAME = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 _ENTRY_HELP = "write a host name, *.domain, an IP or a CIDR (no URL, no port)"
 
 
+# Addresses the guarded transports resolved and checked for a host listed by name (a reward
+# worker's audit hook lets connections to them through; see `openrft.rewards.sandbox`).
+approved: set[str] = set()
+
+
 class BlockedURL(PermissionError):
     """A grader's request goes to a host or address the server's network policy refuses."""
 
@@ -276,7 +281,9 @@ def _guarded_backends() -> tuple[type, type]:
 
         def connect_tcp(self, host: str, port: int, **kw: Any) -> Any:
             last: Exception | None = None
-            for address in self.policy.resolve(host, port, self.resolver):
+            addresses = self.policy.resolve(host, port, self.resolver)
+            approved.update(addresses)
+            for address in addresses:
                 try:
                     return self.inner.connect_tcp(address, port, **kw)
                 except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
@@ -298,6 +305,7 @@ def _guarded_backends() -> tuple[type, type]:
 
         async def connect_tcp(self, host: str, port: int, **kw: Any) -> Any:
             addresses = await anyio.to_thread.run_sync(self.policy.resolve, host, port, self.resolver)
+            approved.update(addresses)
             last: Exception | None = None
             for address in addresses:
                 try:
