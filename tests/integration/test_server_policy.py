@@ -288,3 +288,28 @@ def test_a_jobs_training_process_never_sees_the_servers_secrets(
     assert env["OPENRFT_HOME"] == os.environ["OPENRFT_HOME"] and env["PATH"] == os.environ["PATH"]
     assert NetworkPolicy.from_env(env) == NetworkPolicy(("judge.example.com",))
     assert set(env) - {"JUDGE_KEY", "OPERATOR_SETTING", "PYTHONUNBUFFERED", POLICY_ENV} <= set(os.environ)
+
+
+def test_golden_tests_run_by_the_server_cannot_reach_a_unix_socket(
+    closed: tuple[TestClient, str], tmp_path: Path
+) -> None:
+    """Golden tests run in the server's own reward workers; they get the server's policy too."""
+    import socket
+
+    path = str(tmp_path / "daemon.sock")
+    with socket.socket(socket.AF_UNIX) as daemon:
+        daemon.bind(path)
+        daemon.listen(1)
+        source = (
+            "import socket\n\n"
+            "def score(prompt, completion, example):\n"
+            "    with socket.socket(socket.AF_UNIX) as s:\n"
+            f"        s.connect({path!r})\n"
+            "    return 1.0\n"
+        )
+        http, _ = closed
+        reply = http.post(
+            "/v1/rewards",
+            json={"name": "sock", "source": source, "tests": [{"completion": "x", "expected": 1.0}]},
+        )
+    assert reply.status_code == 422 and "Unix sockets" in reply.json()["error"]["message"], reply.text

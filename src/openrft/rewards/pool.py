@@ -71,6 +71,7 @@ class PoolSettings:
     max_procs: int = 16  # processes a worker may have: pids cgroup (root) or RLIMIT_NPROC head-room
     start_timeout_s: float = 60.0
     load_timeout_s: float = 120.0  # importing a user module (before the first call's clock starts)
+    network_policy: str | None = None  # url_guard.POLICY_ENV value for the workers; None: the trainer's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,13 +104,17 @@ def namespace_prefix(allow_network: bool) -> list[str] | None:
         return found
 
 
-def worker_env(home: str, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+def worker_env(
+    home: str, passthrough: tuple[str, ...] = (), network_policy: str | None = None
+) -> dict[str, str]:
     """The whole environment of a worker: nothing from the trainer but locale, PATH, a server's
     network policy (`url_guard.POLICY_ENV`) and the variables its profile names (`Profile.env`,
     e.g. a judge's API key; missing ones are skipped)."""
     env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
     env.update(HOME=home, TMPDIR=home, PYTHONPATH=_PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
+    if network_policy is not None:
+        env[POLICY_ENV] = network_policy
     return env
 
 
@@ -161,7 +166,7 @@ class WorkerProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=self.dir,
-                env=worker_env(self.dir, profile.env),
+                env=worker_env(self.dir, profile.env, settings.network_policy),
                 start_new_session=True,
                 close_fds=True,
                 bufsize=0,

@@ -44,6 +44,7 @@ from openrft.rewards.pool import (
     default_pool_size,
 )
 from openrft.rewards.spec import RewardSpec
+from openrft.rewards.url_guard import NetworkPolicy
 
 _MAX_CHUNK = 32
 
@@ -228,6 +229,8 @@ class RewardSet:
         pool_size: workers per isolation profile; default min(2, CPU count).
         value_cap: largest accepted abs(value); bigger or non-finite values are user errors.
         namespaces: None = use `unshare` namespaces when they work; True = require; False = never.
+        network_policy: a server's outbound rules for the workers (`url_guard`); None = the
+            trainer's own (`url_guard.POLICY_ENV`, when a server started it), else none.
 
     Raises:
         RewardError: a function string does not resolve, or a function fails to load.
@@ -243,6 +246,7 @@ class RewardSet:
         pool_size: int | None = None,
         value_cap: float = VALUE_CAP,
         namespaces: bool | None = None,
+        network_policy: NetworkPolicy | None = None,
     ) -> None:
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec.model_validate(s) for s in specs]
         if not self.specs:
@@ -263,7 +267,11 @@ class RewardSet:
         self._lock = threading.Lock()
         self._stats = [_Stats() for _ in self.specs]
         self._closed = False
-        settings = PoolSettings(size=pool_size or default_pool_size(), namespaces=namespaces)
+        settings = PoolSettings(
+            size=pool_size or default_pool_size(),
+            namespaces=namespaces,
+            network_policy=network_policy.to_env() if network_policy is not None else None,
+        )
         sys_path = loader.search_path(self.base_dir)
         self._settings, self._sys_path = settings, sys_path
         self._pools: dict[Profile, WorkerPool] = {}

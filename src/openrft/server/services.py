@@ -159,7 +159,7 @@ def create_reward(
         check_function(f"{path}:{function}", name=name)
         if cases:
             spec = RewardSpec(name=name, function=f"{path}:{function}", tests=cases)
-            failures = run_golden_tests([spec])
+            failures = run_golden_tests([spec], network_policy=RewardPolicy().network)
             if failures:
                 raise RewardError(f"{label}: golden tests failed: " + "; ".join(f.message for f in failures))
     sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
@@ -196,7 +196,7 @@ def run_reward_tests(
         raise RewardError(f"reward {name!r} v{rv['version']} has no golden cases; send `cases`")
     spec = RewardSpec(name=name, function=f"{rv['path']}:{rv['function']}", tests=parsed, kwargs=kwargs or {})
     policy.check_spec(spec)
-    failures = run_golden_tests([spec])
+    failures = run_golden_tests([spec], network_policy=policy.network)
     return {
         "name": name,
         "version": rv["version"],
