@@ -25,6 +25,10 @@ def connect(prompt, completion, example):
     with socket.create_connection(("127.0.0.1", example["port"]), timeout=2):
         return 1.0
 
+def by_name(prompt, completion, example):
+    with socket.create_connection(("localhost", example["port"]), timeout=2):
+        return 1.0
+
 def unix(prompt, completion, example):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(example["unix"])
@@ -80,6 +84,7 @@ def _score(
         {"name": "remote", "function": "remote", "kwargs": {"url": url, "retries": 0}},
         {"name": "connect", "function": f"{code}:connect", "allow_network": True, "timeout_s": 5},
         {"name": "unix", "function": f"{code}:unix", "allow_network": True, "timeout_s": 5},
+        {"name": "by_name", "function": f"{code}:by_name", "allow_network": True, "timeout_s": 5},
     ]
     with RewardSet(specs, max_error_rate=1.0, pool_size=1) as rs:
         return rs.score(["p"], ["c"], [{"port": port, "unix": unix}])
@@ -98,7 +103,13 @@ def test_under_a_server_policy_loopback_and_unix_sockets_are_refused_at_call_tim
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grader_port: int, unix_socket: str
 ) -> None:
     scores = _score(tmp_path, monkeypatch, NetworkPolicy(("*",)), grader_port, unix_socket)
-    for name, why in (("remote", "loopback"), ("connect", "loopback"), ("unix", "Unix sockets")):
+    refused = (
+        ("remote", "loopback"),
+        ("connect", "loopback"),
+        ("by_name", "loopback"),
+        ("unix", "Unix sockets"),
+    )
+    for name, why in refused:
         assert scores.column(name) == [0.0] and scores.errors[name] == 1, name
         assert why in scores.tracebacks[name][-1], scores.tracebacks[name]
 
@@ -109,3 +120,13 @@ def test_an_allow_listed_loopback_host_is_reachable_under_the_policy(
     scores = _score(tmp_path, monkeypatch, NetworkPolicy(("127.0.0.1",)), grader_port, unix_socket)
     assert scores.column("remote") == [1.0] and scores.column("connect") == [1.0], scores.tracebacks
     assert "Unix sockets" in scores.tracebacks["unix"][-1]
+
+
+def test_a_tenant_function_may_connect_to_a_host_the_operator_listed_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grader_port: int, unix_socket: str
+) -> None:
+    """`localhost` is listed: the function's own lookup of it is approved; the remote grader's URL
+    names 127.0.0.1, which is not listed, so it is still refused."""
+    scores = _score(tmp_path, monkeypatch, NetworkPolicy(("localhost",)), grader_port, unix_socket)
+    assert scores.column("by_name") == [1.0], scores.tracebacks
+    assert "'127.0.0.1' is not allowed" in scores.tracebacks["remote"][-1], scores.tracebacks

@@ -35,6 +35,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -115,6 +116,29 @@ def _check_egress(policy: Any, event: str, args: tuple, allow_network: bool) -> 
         policy.resolve(host, port)  # BlockedURL (a PermissionError) names the rule
 
 
+_resolving = threading.local()
+
+
+def _approve_listed_name(policy: Any, host: Any, port: Any) -> None:
+    """A name the operator listed may resolve anywhere: resolve it now and let connections to its
+    addresses through (the hook sees only the address at `socket.connect`)."""
+    from openrft.rewards.url_guard import BlockedURL, approved, literal_ip, system_resolver
+
+    if isinstance(host, bytes):
+        host = host.decode("idna", "replace")
+    if getattr(_resolving, "on", False) or not isinstance(host, str) or literal_ip(host) is not None:
+        return
+    if not policy.host_listed(host):
+        return
+    _resolving.on = True  # our own lookup raises this event again
+    try:
+        approved.update(system_resolver(host, port if isinstance(port, int | str) else 0))
+    except BlockedURL:
+        pass
+    finally:
+        _resolving.on = False
+
+
 def make_audit_hook(allow_network: bool, policy: Any = None) -> Any:
     """The audit hook function (see the module docstring for what it refuses); `policy`: the
     server's `url_guard.NetworkPolicy`, or None on the user's own machine."""
@@ -131,6 +155,8 @@ def make_audit_hook(allow_network: bool, policy: Any = None) -> Any:
             raise PermissionError("reward sandbox: changing resource limits is not allowed")
         if event == "open" and args and _other_proc_path(args[0], own_pid):
             raise PermissionError(f"reward sandbox: other processes' /proc entries are hidden ({args[0]})")
+        if policy is not None and allow_network and event == "socket.getaddrinfo" and args:
+            _approve_listed_name(policy, args[0], args[1] if len(args) > 1 else 0)
         if policy is not None and event in _EGRESS_EVENTS:
             _check_egress(policy, event, args, allow_network)
         new_socket = event == "socket.__new__" and len(args) > 1
