@@ -313,3 +313,13 @@ def test_golden_tests_run_by_the_server_cannot_reach_a_unix_socket(
             json={"name": "sock", "source": source, "tests": [{"completion": "x", "expected": 1.0}]},
         )
     assert reply.status_code == 422 and "Unix sockets" in reply.json()["error"]["message"], reply.text
+
+
+def test_the_server_command_refuses_a_url_as_an_allowed_host(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from openrft.cli.main import app as cli
+
+    args = ["server", "--data-dir", str(tmp_path), "--allow-reward-env", "JUDGE_KEY"]
+    result = CliRunner().invoke(cli, [*args, "--allow-reward-host", "http://judge.example.com/v1"])
+    assert result.exit_code == 2 and "no URL, no port" in result.output, result.output
