@@ -30,6 +30,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--allow-reward-env",
+            metavar="NAME",
             help="An environment variable jobs' reward specs may ask for (env, api_key_env); repeatable.",
         ),
     ] = None,
@@ -37,6 +38,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--allow-reward-host",
+            metavar="HOST",
             help="A host reward functions may reach: name, *.domain, IP, CIDR, or '*' (any public host); "
             "repeatable. None = rewards get no network.",
         ),
