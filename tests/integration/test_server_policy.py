@@ -191,7 +191,14 @@ def test_golden_test_kwargs_of_a_registered_reward_obey_the_policy(closed: tuple
 
 
 def test_url_kwargs_are_found_by_name() -> None:
-    kwargs = {"url": "a", "base_url": "b", "urls": ["c", "d"], "pattern": "http://x", "endpoint": "e"}
+    kwargs = {
+        "url": "a",
+        "base_url": "b",
+        "urls": ["c", "d"],
+        "pattern": "http://x",
+        "endpoint": "e",
+        "api_url": None,
+    }
     assert url_kwargs(kwargs) == [
         ("url", "a"),
         ("base_url", "b"),

@@ -145,6 +145,8 @@ def url_kwargs(kwargs: dict[str, Any]) -> list[tuple[str, str]]:
     for key, value in kwargs.items():
         if not _URL_KEY.search(str(key)):
             continue
-        values = value if isinstance(value, list) else [value]
-        found += [(key if len(values) == 1 else f"{key}[{j}]", str(v)) for j, v in enumerate(values)]
+        if isinstance(value, list):
+            found += [(f"{key}[{j}]", str(v)) for j, v in enumerate(value) if v is not None]
+        elif value is not None:
+            found.append((key, str(value)))
     return found
