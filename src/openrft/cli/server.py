@@ -42,22 +42,45 @@ def serve(
             "otherwise only the known model names.",
         ),
     ] = None,
+    allow_reward_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-reward-env",
+            metavar="NAME",
+            help="An environment variable jobs' reward specs may ask for (env, api_key_env); repeatable.",
+        ),
+    ] = None,
+    allow_reward_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-reward-host",
+            metavar="HOST",
+            help="A host reward functions may reach: name, *.domain, IP, CIDR, or '*' (any public host); "
+            "repeatable. None = rewards get no network.",
+        ),
+    ] = None,
 ) -> None:
     """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /); `keys` manages
     users' API keys."""
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
+    from pydantic import ValidationError
 
     from openrft.server import ServerSettings, create_app
     from openrft.server.limits import uvicorn_limits
 
-    settings = ServerSettings(
-        data_dir=data_dir,
-        max_concurrent_jobs=max_jobs,
-        max_upload_bytes=int(max_upload_mb * 1024**2),
-        allowed_model_dirs=allow_model_dir or [],
-    )
+    try:
+        settings = ServerSettings(
+            data_dir=data_dir,
+            max_concurrent_jobs=max_jobs,
+            max_upload_bytes=int(max_upload_mb * 1024**2),
+            allowed_model_dirs=allow_model_dir or [],
+            allow_reward_env=allow_reward_env or [],
+            allow_reward_hosts=allow_reward_host or [],
+        )
+    except ValidationError as e:
+        raise typer.BadParameter(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None
     app = create_app(settings)
     source = app.state.api_key_source
     if source == "generated":

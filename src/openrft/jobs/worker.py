@@ -12,6 +12,11 @@ Each tick (every `poll_interval_s`, or at once when woken) it
 
 On `stop()` (server shutdown) the running jobs are stopped and put back in the queue: the next
 server resumes them from their last checkpoint.
+
+A training process starts with a scrubbed environment (`job_environment`): the few variables
+the engine needs, the operator's `job_env`, the reward variables the operator allow-listed, and
+the server's outbound network policy for the HTTP graders (`openrft.rewards.url_guard`); never
+the API key nor any other variable of the server.
 """
 
 from __future__ import annotations
@@ -24,15 +29,51 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from openrft.jobs import procs, queue
 from openrft.jobs.child import RESULT
+from openrft.rewards.url_guard import POLICY_ENV, NetworkPolicy
 from openrft.server.store import Store
 
 log = logging.getLogger("openrft.jobs")
+
+# What a training process keeps of the server's environment (besides `job_env` and the
+# allow-listed reward variables): paths, locale, caches, thread counts, accelerator settings.
+JOB_ENV_KEEP = frozenset(
+    {
+        *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"),
+        *("OPENRFT_HOME", "OPENRFT_CPU_KERNELS", "OPENRFT_KEEP_FREED_MEMORY", "OPENRFT_HUGE_PAGES"),
+        *("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"),
+        *("XDG_CACHE_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR", "GLIBC_TUNABLES", "TOKENIZERS_PARALLELISM"),
+        *("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"),
+        *("CUDA_VISIBLE_DEVICES", "CUDA_HOME", "LD_LIBRARY_PATH", "PYTORCH_CUDA_ALLOC_CONF"),
+    }
+)
+JOB_ENV_PREFIXES = ("LC_", "MALLOC_")
+_NEVER = frozenset({"OPENRFT_API_KEY"})
+
+
+def job_environment(
+    server_env: Mapping[str, str],
+    job_env: Mapping[str, str],
+    reward_env: Sequence[str],
+    network: NetworkPolicy,
+) -> dict[str, str]:
+    """The whole environment of a training process (see the module docstring)."""
+    env = {
+        k: v
+        for k, v in server_env.items()
+        if (k in JOB_ENV_KEEP or k.startswith(JOB_ENV_PREFIXES) or k in reward_env) and k not in _NEVER
+    }
+    env.setdefault("PATH", os.defpath)
+    env.update({k: v for k, v in job_env.items() if k not in _NEVER})
+    env.update(PYTHONUNBUFFERED="1")
+    env[POLICY_ENV] = network.to_env()
+    return env
 
 
 @dataclass
@@ -57,6 +98,8 @@ class JobWorker:
         cancel_grace_s: float = 5.0,
         max_attempts: int = 3,
         env: dict[str, str] | None = None,
+        reward_env: Sequence[str] = (),
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.store = store
         self.max_concurrent = max_concurrent
@@ -64,6 +107,8 @@ class JobWorker:
         self.cancel_grace_s = cancel_grace_s
         self.max_attempts = max_attempts
         self.env = env or {}
+        self.reward_env = tuple(reward_env)  # allow-listed variables jobs' reward specs may name
+        self.network = network or NetworkPolicy()  # outbound rules of the jobs' HTTP graders
         self.me = procs.identity()
         self.running: dict[str, Running] = {}
         self._stop = threading.Event()
@@ -182,8 +227,7 @@ class JobWorker:
             f"--- attempt {job['attempts']} started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode()
         )
         log_file.flush()
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        env.pop("OPENRFT_API_KEY", None)  # training (and user reward code) never needs the server's key
+        env = job_environment(os.environ, self.env, self.reward_env, self.network)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "openrft.jobs.child", str(job_file)],

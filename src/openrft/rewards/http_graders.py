@@ -9,6 +9,10 @@ trainer machine's ``127.0.0.1`` is reachable.
 (``api_key_env`` for the judge, ``auth_env`` for the remote grader); the trainer passes that one
 variable, and no other, into the workers of that function (`secret_env_names`, `Profile.env`).
 
+**Outbound policy.** On a server, the job's graders connect only where the operator allows
+(`openrft.rewards.url_guard`): allow-listed hosts, checked after DNS resolution, pinned to the
+checked address. `openrft train` on your own machine sets no policy.
+
 Example (YAML)::
 
     rewards:
@@ -41,6 +45,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from openrft.rewards.url_guard import NetworkPolicy, client_options
 
 JUDGE_SYSTEM = (
     "You are a careful, strict grader. Judge the response against the rubric only. Think briefly if you "
@@ -242,30 +248,36 @@ def _jsonable(obj: Any) -> Any:
 # HTTP with retries (httpx, imported on first use)
 # ----------------------------------------------------------------------------------------------
 
-_clients: dict[float, Any] = {}
-_async_clients: dict[tuple[int, float], tuple[Any, asyncio.Semaphore]] = {}
+_clients: dict[tuple[float, NetworkPolicy | None], Any] = {}
+_async_clients: dict[tuple[int, float, NetworkPolicy | None], tuple[Any, asyncio.Semaphore]] = {}
 _clients_lock = threading.Lock()
 
 
 def _client(timeout_s: float) -> Any:
-    """A pooled httpx client per timeout (connections are reused across calls in a worker)."""
+    """A pooled httpx client per timeout (connections are reused across calls in a worker).
+    Under a server's network policy (`url_guard`) it connects only to checked addresses."""
     import httpx
 
+    key = (timeout_s, NetworkPolicy.from_env())
     with _clients_lock:
-        if timeout_s not in _clients:
-            _clients[timeout_s] = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=True)
-        return _clients[timeout_s]
+        if key not in _clients:
+            _clients[key] = httpx.Client(
+                timeout=httpx.Timeout(timeout_s), follow_redirects=True, **client_options(key[1])
+            )
+        return _clients[key]
 
 
 def _async_client(timeout_s: float, concurrency: int) -> tuple[Any, asyncio.Semaphore]:
-    """An async httpx client and a concurrency limit, per event loop and timeout."""
+    """An async httpx client and a concurrency limit, per event loop and timeout (and policy)."""
     import httpx
 
-    key = (id(asyncio.get_running_loop()), timeout_s)
+    policy = NetworkPolicy.from_env()
+    key = (id(asyncio.get_running_loop()), timeout_s, policy)
     if key not in _async_clients:
         for old in [k for k in _async_clients if k[0] != key[0]]:
             del _async_clients[old]  # a previous (closed) loop's clients
-        client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=True)
+        options = client_options(policy, asynchronous=True)
+        client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=True, **options)
         _async_clients[key] = (client, asyncio.Semaphore(max(1, concurrency)))
     return _async_clients[key]
 

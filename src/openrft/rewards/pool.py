@@ -56,10 +56,11 @@ from openrft.rewards import jail, seccomp
 from openrft.rewards.outcomes import Outcome
 from openrft.rewards.protocol import INTERNAL_ERROR_EXIT, MAX_LINE, decode_line, encode_frame, write_all
 from openrft.rewards.sandbox import make_pids_cgroup, remove_cgroup, user_process_count
+from openrft.rewards.url_guard import POLICY_ENV
 
 log = logging.getLogger("openrft.rewards")
 
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", POLICY_ENV)  # POLICY_ENV: a server's outbound rules
 ISOLATION_MODES = ("auto", "sandbox", "namespaces", "hooks")
 ISOLATION_ENV = "OPENRFT_REWARD_ISOLATION"
 
@@ -86,6 +87,7 @@ class PoolSettings:
     max_procs: int = 16  # processes a worker may have: pids cgroup (root) or RLIMIT_NPROC head-room
     start_timeout_s: float = 60.0
     load_timeout_s: float = 120.0  # importing a user module (before the first call's clock starts)
+    network_policy: str | None = None  # url_guard.POLICY_ENV value for the workers; None: the trainer's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,14 +171,19 @@ def _stage_unreadable(folders: tuple[str, ...], into: str) -> dict[str, str]:
     return staged
 
 
-def worker_env(home: str, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
-    """The whole environment of a worker: nothing from the trainer but locale, PATH and the
-    variables its profile names (`Profile.env`, e.g. a judge's API key; missing ones are skipped)."""
+def worker_env(
+    home: str, passthrough: tuple[str, ...] = (), network_policy: str | None = None
+) -> dict[str, str]:
+    """The whole environment of a worker: nothing from the trainer but locale, PATH, a server's
+    network policy (`url_guard.POLICY_ENV`) and the variables its profile names (`Profile.env`,
+    e.g. a judge's API key; missing ones are skipped)."""
     env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
     if home == jail.SANDBOX_TMP:  # the host's PATH names folders the sandbox does not have
         env["PATH"] = jail.sandbox_path()
     env.update(HOME=home, TMPDIR=home, PYTHONPATH=jail.PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
+    if network_policy is not None:
+        env[POLICY_ENV] = network_policy
     return env
 
 
@@ -243,7 +250,7 @@ class WorkerProcess:
                     stdout=subprocess.PIPE,
                     stderr=log_file,
                     cwd=self.dir,
-                    env=worker_env(home, profile.env),
+                    env=worker_env(home, profile.env, settings.network_policy),
                     start_new_session=True,
                     close_fds=True,
                     pass_fds=fds,

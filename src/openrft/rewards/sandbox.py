@@ -16,7 +16,9 @@ Layers, strongest first (the parent sets up the first two when it starts the wor
    process creation (fork, exec, spawn, subprocess, system), signals to processes (os.kill,
    killpg, pthread_kill), raising resource limits, reading other processes' ``/proc`` entries
    and, unless the function allows network, creating non-Unix sockets, connecting, binding and
-   resolving names.
+   resolving names. Under a server's network policy (`url_guard.POLICY_ENV` set), a function
+   that has network may connect only where the policy allows (each address checked as the
+   HTTP graders check theirs), and no function may connect to a Unix socket.
 
 Limits of layer 4 (why layers 1-3 exist): audit hooks see only what Python raises events for;
 code that calls libc through ``ctypes`` or a C extension can fork or open sockets without an
@@ -33,6 +35,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -66,6 +69,8 @@ _NET_EVENTS = frozenset(
     }
 )
 _LOCAL_FAMILIES = frozenset({int(socket.AF_UNIX)})
+_EGRESS_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.sendmsg"})
+_IP_FAMILIES = frozenset({int(socket.AF_INET), int(socket.AF_INET6)})
 
 _trusted_depth = 0
 
@@ -94,8 +99,49 @@ def _other_proc_path(path: Any, own_pid: str) -> bool:
     return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != own_pid
 
 
-def make_audit_hook(allow_network: bool) -> Any:
-    """The audit hook function (see the module docstring for what it refuses)."""
+def _check_egress(policy: Any, event: str, args: tuple, allow_network: bool) -> None:
+    """Under a server's network policy: refuse any Unix socket connection, and (for a function
+    with network) a connection or datagram to an address the policy does not allow."""
+    from openrft.rewards.url_guard import approved
+
+    sock = args[0] if args else None
+    address = args[1] if len(args) > 1 else None
+    family = sock.family if isinstance(sock, socket.socket) else None
+    if family in _LOCAL_FAMILIES and event == "socket.connect":
+        raise PermissionError("reward sandbox: connecting to Unix sockets is not allowed on this server")
+    if not allow_network or family not in _IP_FAMILIES or not isinstance(address, tuple) or len(address) < 2:
+        return
+    host, port = str(address[0]), int(address[1])
+    if host not in approved:
+        policy.resolve(host, port)  # BlockedURL (a PermissionError) names the rule
+
+
+_resolving = threading.local()
+
+
+def _approve_listed_name(policy: Any, host: Any, port: Any) -> None:
+    """A name the operator listed may resolve anywhere: resolve it now and let connections to its
+    addresses through (the hook sees only the address at `socket.connect`)."""
+    from openrft.rewards.url_guard import BlockedURL, approved, literal_ip, system_resolver
+
+    if isinstance(host, bytes):
+        host = host.decode("idna", "replace")
+    if getattr(_resolving, "on", False) or not isinstance(host, str) or literal_ip(host) is not None:
+        return
+    if not policy.host_listed(host):
+        return
+    _resolving.on = True  # our own lookup raises this event again
+    try:
+        approved.update(system_resolver(host, port if isinstance(port, int | str) else 0))
+    except BlockedURL:
+        pass
+    finally:
+        _resolving.on = False
+
+
+def make_audit_hook(allow_network: bool, policy: Any = None) -> Any:
+    """The audit hook function (see the module docstring for what it refuses); `policy`: the
+    server's `url_guard.NetworkPolicy`, or None on the user's own machine."""
     own_pid = str(os.getpid())
 
     def hook(event: str, args: tuple) -> None:
@@ -109,6 +155,13 @@ def make_audit_hook(allow_network: bool) -> Any:
             raise PermissionError("reward sandbox: changing resource limits is not allowed")
         if event == "open" and args and _other_proc_path(args[0], own_pid):
             raise PermissionError(f"reward sandbox: other processes' /proc entries are hidden ({args[0]})")
+        if policy is not None and allow_network and event == "socket.getaddrinfo" and args:
+            _approve_listed_name(policy, args[0], args[1] if len(args) > 1 else 0)
+        if policy is not None and event in _EGRESS_EVENTS:
+            _check_egress(policy, event, args, allow_network)
+        new_socket = event == "socket.__new__" and len(args) > 1
+        if policy is not None and new_socket and args[1] not in _LOCAL_FAMILIES | _IP_FAMILIES:
+            raise PermissionError("reward sandbox: only IP and Unix sockets are allowed on this server")
         if allow_network:
             return
         if event == "socket.__new__" and len(args) > 1 and args[1] not in _LOCAL_FAMILIES:
@@ -128,8 +181,11 @@ def make_audit_hook(allow_network: bool) -> Any:
 
 
 def install_audit_hook(allow_network: bool) -> None:
-    """Install the hook for the rest of this process's life (audit hooks cannot be removed)."""
-    sys.addaudithook(make_audit_hook(allow_network))
+    """Install the hook for the rest of this process's life (audit hooks cannot be removed); the
+    server's network policy, if any, is read from the environment now, before user code runs."""
+    from openrft.rewards.url_guard import NetworkPolicy
+
+    sys.addaudithook(make_audit_hook(allow_network, NetworkPolicy.from_env()))
 
 
 def _set(limit: int, soft: int, hard: int | None = None) -> bool:

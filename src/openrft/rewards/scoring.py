@@ -45,6 +45,7 @@ from openrft.rewards.pool import (
     default_pool_size,
 )
 from openrft.rewards.spec import RewardSpec
+from openrft.rewards.url_guard import NetworkPolicy
 
 _MAX_CHUNK = 32
 
@@ -231,6 +232,8 @@ class RewardSet:
         isolation: 'sandbox' (bubblewrap, required), 'auto' (the sandbox where it works, else
             weaker isolation with a warning), 'namespaces' or 'hooks'; None = $OPENRFT_REWARD_ISOLATION
             or 'auto' (see `openrft.rewards.pool`).
+        network_policy: a server's outbound rules for the workers (`url_guard`); None = the
+            trainer's own (`url_guard.POLICY_ENV`, when a server started it), else none.
 
     Raises:
         RewardError: a function string does not resolve, or a function fails to load.
@@ -246,6 +249,7 @@ class RewardSet:
         pool_size: int | None = None,
         value_cap: float = VALUE_CAP,
         isolation: str | None = None,
+        network_policy: NetworkPolicy | None = None,
     ) -> None:
         self.specs = [s if isinstance(s, RewardSpec) else RewardSpec.model_validate(s) for s in specs]
         if not self.specs:
@@ -267,7 +271,9 @@ class RewardSet:
         self._stats = [_Stats() for _ in self.specs]
         self._closed = False
         settings = PoolSettings(
-            size=pool_size or default_pool_size(), isolation=isolation or default_isolation()
+            size=pool_size or default_pool_size(),
+            isolation=isolation or default_isolation(),
+            network_policy=network_policy.to_env() if network_policy is not None else None,
         )
         sys_path = loader.search_path(self.base_dir)
         self._settings, self._sys_path = settings, sys_path

@@ -29,6 +29,7 @@ from openrft.server import accounts, services
 from openrft.server.auth import AuthMiddleware, load_or_create_key
 from openrft.server.deps import AppContext, documented_auth
 from openrft.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
+from openrft.server.policy import RewardPolicy
 from openrft.server.routes import adapters, datasets, jobs, keys, meta, rewards, runs
 from openrft.server.runs import SampleIndex
 from openrft.server.settings import ServerSettings
@@ -64,6 +65,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 cancel_grace_s=settings.cancel_grace_s,
                 max_attempts=settings.max_attempts,
                 env=settings.job_env,
+                reward_env=settings.allow_reward_env,
+                network=RewardPolicy.from_settings(settings).network,
             )
             await run_in_threadpool(worker.start)
             ctx.worker = worker

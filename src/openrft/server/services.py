@@ -39,6 +39,7 @@ from openrft.data.loading import LoadedRows, nesting_exceeds
 from openrft.errors import ConfigError, DataError, RewardError, UserError
 from openrft.jobs import queue
 from openrft.server.accounts import Caller
+from openrft.server.policy import RewardPolicy
 from openrft.server.store import ADMIN, Store
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def create_reward(
         check_function(f"{path}:{function}", name=name)
         if cases:
             spec = RewardSpec(name=name, function=f"{path}:{function}", tests=cases)
-            failures = run_golden_tests([spec])
+            failures = run_golden_tests([spec], network_policy=RewardPolicy().network)
             if failures:
                 raise RewardError(f"{label}: golden tests failed: " + "; ".join(f.message for f in failures))
     sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
@@ -265,8 +266,10 @@ def run_reward_tests(
     cases: list[dict[str, Any]] | None,
     kwargs: dict[str, Any] | None = None,
     owner: str | None = None,
+    policy: RewardPolicy = RewardPolicy(),
 ) -> dict[str, Any]:
-    """Run golden cases (given, or the version's stored ones) against a stored version."""
+    """Run golden cases (given, or the version's stored ones) against a stored version; `kwargs`
+    must pass the operator's `policy` (default: nothing allowed)."""
     from openrft.rewards import GoldenCase, RewardSpec, run_golden_tests
 
     rv = require_reward(store, caller, name, version, owner)
@@ -278,7 +281,8 @@ def run_reward_tests(
     if not parsed:
         raise RewardError(f"reward {name!r} v{rv['version']} has no golden cases; send `cases`")
     spec = RewardSpec(name=name, function=f"{rv['path']}:{rv['function']}", tests=parsed, kwargs=kwargs or {})
-    failures = run_golden_tests([spec])
+    policy.check_spec(spec)
+    failures = run_golden_tests([spec], network_policy=policy.network)
     result = {
         "name": name,
         "version": rv["version"],
@@ -300,9 +304,11 @@ def resolve_job_config(
     config: dict[str, Any],
     run_dir: Path,
     model_dirs: Sequence[Path] = (),
+    policy: RewardPolicy = RewardPolicy(),
 ) -> tuple[dict[str, Any], str]:
-    """Replace references (to the caller's resources) by data-dir paths, validate, and return
-    (resolved config, dataset id).
+    """Replace references (to the caller's resources) by data-dir paths, validate (rewards against
+    the operator's `policy`; default: no secrets, no network), and return (resolved config,
+    dataset id).
 
     `model_dirs`: the directories (besides the known model names) that `model.name` may name.
     """
@@ -335,6 +341,7 @@ def resolve_job_config(
     if cfg.method != "grpo":
         raise ConfigError(f"method {cfg.method!r} is not available on the server yet; use method: grpo")
     check_server_paths(cfg, model_dirs)
+    policy.check_config(cfg)
     loaded = read_stored_rows(cfg.data.train, train["name"])
     try:
         validate_rows(
@@ -499,15 +506,17 @@ def create_job(
     name: str | None = None,
     trackers: list[str] | None = None,
     model_dirs: Sequence[Path] = (),
+    policy: RewardPolicy = RewardPolicy(),
 ) -> dict[str, Any]:
-    """Validate and queue a job of the caller (nothing is queued if anything is wrong)."""
+    """Validate and queue a job of the caller (nothing is queued if anything is wrong, or if its
+    rewards ask for more than the operator's `policy` allows)."""
     from openrft.tracking.sinks import TRACKERS
 
     for t in trackers or []:
         if t not in TRACKERS:
             raise ConfigError(f"unknown tracker {t!r}; use any of {list(TRACKERS)}")
     job_id = queue.new_job_id()
-    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id, model_dirs)
+    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id, model_dirs, policy)
     return queue.enqueue(
         store,
         config=resolved,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ServerSettings(BaseModel):
@@ -45,3 +46,28 @@ class ServerSettings(BaseModel):
         description="Directories whose model folders a job's model.name may name; "
         "besides these only the known model names are accepted.",
     )
+    allow_reward_env: list[str] = Field(
+        default_factory=list,
+        description="Environment variables a job's reward spec may ask for (`env`, `api_key_env`, "
+        "`auth_env`); they reach the job's training process and the workers of the specs naming them.",
+    )
+    allow_reward_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts reward functions may reach: names, '*.domain', IPs, CIDRs, or '*' for any "
+        "public host; empty = no network for rewards (see openrft.server.policy).",
+    )
+
+    @field_validator("allow_reward_env")
+    @classmethod
+    def _check_env_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or name == "OPENRFT_API_KEY":
+                raise ValueError(f"allow_reward_env: {name!r} is not a variable a reward may be given")
+        return value
+
+    @field_validator("allow_reward_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from openrft.rewards.url_guard import normalize_host_entry
+
+        return [normalize_host_entry(h) for h in value]

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from openrft.jobs import queue
 from openrft.server import services
 from openrft.server.deps import Ctx, CurrentCaller
+from openrft.server.policy import RewardPolicy
 from openrft.server.runs import last_metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -33,6 +34,7 @@ class JobCreate(BaseModel):
 @router.post("", status_code=201)
 async def create_job(body: JobCreate, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     """Validate the config (data rows, reward functions) and queue the job."""
+    policy = RewardPolicy.from_settings(ctx.settings)
     job = await run_in_threadpool(
         services.create_job,
         ctx.store,
@@ -41,6 +43,7 @@ async def create_job(body: JobCreate, ctx: Ctx, caller: CurrentCaller) -> dict[s
         body.name,
         body.trackers,
         ctx.settings.allowed_model_dirs,
+        policy,
     )
     ctx.wake_worker()
     return public_job(job)

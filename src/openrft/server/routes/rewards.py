@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.server import services
 from openrft.server.deps import Ctx, CurrentCaller
+from openrft.server.policy import RewardPolicy
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
@@ -84,8 +85,17 @@ async def test_reward(
     name: str, body: RewardTest, ctx: Ctx, caller: CurrentCaller, owner: Owner = None
 ) -> dict[str, Any]:
     """Run golden cases against a version in the isolated reward workers."""
+    policy = RewardPolicy.from_settings(ctx.settings)
     return await run_in_threadpool(
-        services.run_reward_tests, ctx.store, caller, name, body.version, body.cases, body.kwargs, owner
+        services.run_reward_tests,
+        ctx.store,
+        caller,
+        name,
+        body.version,
+        body.cases,
+        body.kwargs,
+        owner,
+        policy,
     )
 
 
