@@ -72,7 +72,8 @@ def unix_socket() -> Iterator[str]:
 
 def _score(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: NetworkPolicy | None, port: int, unix: str
-) -> RewardScores:
+) -> tuple[RewardScores, str]:
+    """The scores, and the isolation mode the workers ran in."""
     if policy is None:
         monkeypatch.delenv(POLICY_ENV, raising=False)
     else:
@@ -87,14 +88,16 @@ def _score(
         {"name": "by_name", "function": f"{code}:by_name", "allow_network": True, "timeout_s": 5},
     ]
     with RewardSet(specs, max_error_rate=1.0, pool_size=1) as rs:
-        return rs.score(["p"], ["c"], [{"port": port, "unix": unix}])
+        return rs.score(["p"], ["c"], [{"port": port, "unix": unix}]), rs.isolation()[0]["mode"]
 
 
 def test_without_a_policy_everything_local_is_reachable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grader_port: int, unix_socket: str
 ) -> None:
-    scores = _score(tmp_path, monkeypatch, None, grader_port, unix_socket)
-    assert [scores.column(n) for n in ("remote", "connect", "unix")] == [[1.0], [1.0], [1.0]], (
+    scores, mode = _score(tmp_path, monkeypatch, None, grader_port, unix_socket)
+    # A Unix socket is a file: the bubblewrap sandbox shows no host file outside its view.
+    unix = [0.0] if mode == "sandbox" else [1.0]
+    assert [scores.column(n) for n in ("remote", "connect", "unix")] == [[1.0], [1.0], unix], (
         scores.tracebacks
     )
 
@@ -102,7 +105,7 @@ def test_without_a_policy_everything_local_is_reachable(
 def test_under_a_server_policy_loopback_and_unix_sockets_are_refused_at_call_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grader_port: int, unix_socket: str
 ) -> None:
-    scores = _score(tmp_path, monkeypatch, NetworkPolicy(("*",)), grader_port, unix_socket)
+    scores, _ = _score(tmp_path, monkeypatch, NetworkPolicy(("*",)), grader_port, unix_socket)
     refused = (
         ("remote", "loopback"),
         ("connect", "loopback"),
@@ -117,7 +120,7 @@ def test_under_a_server_policy_loopback_and_unix_sockets_are_refused_at_call_tim
 def test_an_allow_listed_loopback_host_is_reachable_under_the_policy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grader_port: int, unix_socket: str
 ) -> None:
-    scores = _score(tmp_path, monkeypatch, NetworkPolicy(("127.0.0.1",)), grader_port, unix_socket)
+    scores, _ = _score(tmp_path, monkeypatch, NetworkPolicy(("127.0.0.1",)), grader_port, unix_socket)
     assert scores.column("remote") == [1.0] and scores.column("connect") == [1.0], scores.tracebacks
     assert "Unix sockets" in scores.tracebacks["unix"][-1]
 
@@ -127,6 +130,6 @@ def test_a_tenant_function_may_connect_to_a_host_the_operator_listed_by_name(
 ) -> None:
     """`localhost` is listed: the function's own lookup of it is approved; the remote grader's URL
     names 127.0.0.1, which is not listed, so it is still refused."""
-    scores = _score(tmp_path, monkeypatch, NetworkPolicy(("localhost",)), grader_port, unix_socket)
+    scores, _ = _score(tmp_path, monkeypatch, NetworkPolicy(("localhost",)), grader_port, unix_socket)
     assert scores.column("by_name") == [1.0], scores.tracebacks
     assert "'127.0.0.1' is not allowed" in scores.tracebacks["remote"][-1], scores.tracebacks
