@@ -15,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from openrft.jobs.worker import job_environment
+from openrft.rewards import jail
+from openrft.rewards.pool import ISOLATION_ENV
 from openrft.rewards.url_guard import POLICY_ENV, NetworkPolicy
 from openrft.server import ServerSettings, create_app
 from openrft.server.policy import RewardPolicy, RewardPolicyError, url_kwargs
@@ -240,9 +242,11 @@ def test_job_environment_keeps_only_what_the_engine_and_the_operator_name() -> N
         "DATABASE_URL": "postgres://secret",
         "JUDGE_KEY": "judge",
         POLICY_ENV: json.dumps({"allow_hosts": ["*", "127.0.0.1"]}),
+        ISOLATION_ENV: "hooks",
     }
-    job_env = {"EXTRA": "1", POLICY_ENV: "{}", "OPENRFT_API_KEY": "again"}
-    env = job_environment(server, job_env, ["JUDGE_KEY", "NOT_SET"], NetworkPolicy(("api.example.com",)))
+    job_env = {"EXTRA": "1", POLICY_ENV: "{}", "OPENRFT_API_KEY": "again", ISOLATION_ENV: "hooks"}
+    network = NetworkPolicy(("api.example.com",))
+    env = job_environment(server, job_env, ["JUDGE_KEY", "NOT_SET"], network, reward_isolation="sandbox")
     assert env == {
         "PATH": "/usr/bin",
         "HOME": "/root",
@@ -253,6 +257,7 @@ def test_job_environment_keeps_only_what_the_engine_and_the_operator_name() -> N
         "EXTRA": "1",
         "PYTHONUNBUFFERED": "1",
         POLICY_ENV: NetworkPolicy(("api.example.com",)).to_env(),
+        ISOLATION_ENV: "sandbox",
     }
 
 
@@ -268,6 +273,7 @@ def test_a_jobs_training_process_never_sees_the_servers_secrets(
     monkeypatch.setenv("OPENRFT_API_KEY", "the-servers-key")
     monkeypatch.setenv("JUDGE_KEY", "judge-secret")
     monkeypatch.setenv(POLICY_ENV, json.dumps({"allow_hosts": ["*", "127.0.0.0/8"]}))
+    monkeypatch.setenv(ISOLATION_ENV, "hooks")  # the server's own setting never reaches its jobs
     settings = ServerSettings(
         data_dir=tmp_path,
         api_key=KEY,
@@ -294,6 +300,7 @@ def test_a_jobs_training_process_never_sees_the_servers_secrets(
     assert env["JUDGE_KEY"] == "judge-secret" and env["OPERATOR_SETTING"] == "on"
     assert env["OPENRFT_HOME"] == os.environ["OPENRFT_HOME"] and env["PATH"] == os.environ["PATH"]
     assert NetworkPolicy.from_env(env) == NetworkPolicy(("judge.example.com",))
+    assert env[ISOLATION_ENV] == ("sandbox" if jail.available() is None else "auto")
     assert set(env) - {"JUDGE_KEY", "OPERATOR_SETTING", "PYTHONUNBUFFERED", POLICY_ENV} <= set(os.environ)
 
 

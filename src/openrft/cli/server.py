@@ -59,6 +59,14 @@ def serve(
             "repeatable. None = rewards get no network.",
         ),
     ] = None,
+    trust_reward_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-reward-code",
+            help="Run tenants' reward code even where the bubblewrap sandbox is unavailable (weaker "
+            "isolation: its own uid, the whole file system readable). Without it such code is refused.",
+        ),
+    ] = False,
 ) -> None:
     """Start the OpenRFT server (REST API at /v1, docs at /docs, dashboard at /); `keys` manages
     users' API keys."""
@@ -78,6 +86,7 @@ def serve(
             allowed_model_dirs=allow_model_dir or [],
             allow_reward_env=allow_reward_env or [],
             allow_reward_hosts=allow_reward_host or [],
+            trust_reward_code=trust_reward_code,
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None
@@ -92,11 +101,28 @@ def serve(
     else:
         console.print("[bold]admin API key:[/] from $OPENRFT_API_KEY")
     console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
+    _say_sandbox(trust_reward_code)
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits()
     )
+
+
+def _say_sandbox(trusted: bool) -> None:
+    """One line on how tenants' reward code runs here (and why it is refused, where it is)."""
+    from openrft.rewards import jail
+
+    why = jail.available()
+    if why is None:
+        console.print("reward code: runs in the bubblewrap sandbox")
+    elif trusted:
+        console.print(f"[yellow]reward code: sandbox unavailable ({why}); runs with weaker isolation[/]")
+    else:
+        console.print(
+            f"[yellow]reward code: refused: the sandbox is unavailable ({why}); install bubblewrap, "
+            "or pass --trust-reward-code[/]"
+        )
 
 
 # -- openrft server keys ---------------------------------------------------------------------------

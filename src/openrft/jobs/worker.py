@@ -15,8 +15,9 @@ server resumes them from their last checkpoint.
 
 A training process starts with a scrubbed environment (`job_environment`): the few variables
 the engine needs, the operator's `job_env`, the reward variables the operator allow-listed, and
-the server's outbound network policy for the HTTP graders (`openrft.rewards.url_guard`); never
-the API key nor any other variable of the server.
+the server's outbound network policy for the HTTP graders (`openrft.rewards.url_guard`) and the
+reward workers' isolation (the bubblewrap sandbox, required, where it works); never the API key
+nor any other variable of the server.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import IO, Any
 
 from openrft.jobs import procs, queue
 from openrft.jobs.child import RESULT
+from openrft.rewards.pool import ISOLATION_ENV
 from openrft.rewards.url_guard import POLICY_ENV, NetworkPolicy
 from openrft.server.store import Store
 
@@ -62,8 +64,10 @@ def job_environment(
     job_env: Mapping[str, str],
     reward_env: Sequence[str],
     network: NetworkPolicy,
+    reward_isolation: str = "sandbox",
 ) -> dict[str, str]:
-    """The whole environment of a training process (see the module docstring)."""
+    """The whole environment of a training process (see the module docstring); its reward workers
+    run in `reward_isolation` (`openrft.rewards.pool`), whatever the server's own environment says."""
     env = {
         k: v
         for k, v in server_env.items()
@@ -73,6 +77,7 @@ def job_environment(
     env.update({k: v for k, v in job_env.items() if k not in _NEVER})
     env.update(PYTHONUNBUFFERED="1")
     env[POLICY_ENV] = network.to_env()
+    env[ISOLATION_ENV] = reward_isolation
     return env
 
 
@@ -100,6 +105,7 @@ class JobWorker:
         env: dict[str, str] | None = None,
         reward_env: Sequence[str] = (),
         network: NetworkPolicy | None = None,
+        reward_isolation: str = "sandbox",
     ) -> None:
         self.store = store
         self.max_concurrent = max_concurrent
@@ -108,6 +114,7 @@ class JobWorker:
         self.max_attempts = max_attempts
         self.env = env or {}
         self.reward_env = tuple(reward_env)  # allow-listed variables jobs' reward specs may name
+        self.reward_isolation = reward_isolation  # how the jobs' reward workers are isolated
         self.network = network or NetworkPolicy()  # outbound rules of the jobs' HTTP graders
         self.me = procs.identity()
         self.running: dict[str, Running] = {}
@@ -227,7 +234,7 @@ class JobWorker:
             f"--- attempt {job['attempts']} started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode()
         )
         log_file.flush()
-        env = job_environment(os.environ, self.env, self.reward_env, self.network)
+        env = job_environment(os.environ, self.env, self.reward_env, self.network, self.reward_isolation)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "openrft.jobs.child", str(job_file)],

@@ -25,11 +25,12 @@ from starlette.exceptions import HTTPException
 from openrft import __version__
 from openrft.errors import UserError
 from openrft.jobs.worker import JobWorker
+from openrft.rewards import jail
 from openrft.server import accounts, services
 from openrft.server.auth import AuthMiddleware, load_or_create_key
 from openrft.server.deps import AppContext, documented_auth
 from openrft.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
-from openrft.server.policy import RewardPolicy
+from openrft.server.policy import RewardCodeRefused, RewardPolicy
 from openrft.server.routes import adapters, datasets, jobs, keys, meta, rewards, runs
 from openrft.server.runs import SampleIndex
 from openrft.server.settings import ServerSettings
@@ -55,6 +56,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     key, key_source = load_or_create_key(store.root, settings.api_key)
     ctx = AppContext(settings=settings, store=store, samples=SampleIndex())
 
+    policy = RewardPolicy.from_settings(settings)
+    if jail.available() is not None:
+        log.warning(
+            "reward sandbox unavailable (%s): %s",
+            jail.available(),
+            "tenants' reward code runs with weaker isolation (--trust-reward-code)"
+            if settings.trust_reward_code
+            else "submitted reward code is refused (install bubblewrap, or start with --trust-reward-code)",
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.max_concurrent_jobs > 0:
@@ -66,7 +77,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 max_attempts=settings.max_attempts,
                 env=settings.job_env,
                 reward_env=settings.allow_reward_env,
-                network=RewardPolicy.from_settings(settings).network,
+                network=policy.network,
+                reward_isolation=policy.isolation,
             )
             await run_in_threadpool(worker.start)
             ctx.worker = worker
@@ -106,6 +118,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             return _error(404, one_line(str(exc)), code="not_found")
         if isinstance(exc, services.Conflict):
             return _error(409, one_line(str(exc)), code="conflict")
+        if isinstance(exc, RewardCodeRefused):
+            return _error(403, one_line(str(exc)), code="reward_code_refused")
         return _error(422, one_line(str(exc)), code=type(exc).__name__)
 
     @app.exception_handler(HTTPException)

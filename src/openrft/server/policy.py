@@ -17,6 +17,11 @@ operator decides:
 
 `RewardPolicy.check_config` / `check_specs` raise `RewardPolicyError` (answered 422, the message
 names the field) from the service layer (`services.resolve_job_config`, `services.run_reward_tests`).
+
+Tenants' own code (registered rewards, their golden tests) runs only in the bubblewrap sandbox
+(`openrft.rewards.jail`), required: where the sandbox does not work, the server refuses such code
+(`RewardCodeRefused`, answered 403, saying why) unless the operator started it with
+``--trust-reward-code`` (then it runs with the weaker isolation, as `openrft train` does there).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ConfigError
+from openrft.rewards import jail
 from openrft.rewards.http_graders import network_defaults
 from openrft.rewards.url_guard import BlockedURL, NetworkPolicy, literal_ip
 
@@ -44,16 +50,42 @@ class RewardPolicyError(ConfigError):
     """A reward spec asks for something this server's operator did not allow."""
 
 
+class RewardCodeRefused(ConfigError):
+    """This server does not run tenants' code: no sandbox here, and the operator did not trust it."""
+
+
 @dataclass(frozen=True)
 class RewardPolicy:
     """The operator's allow-lists for tenants' reward specs (see the module docstring)."""
 
     allow_env: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
+    trust_code: bool = False  # --trust-reward-code: run tenants' code even without the sandbox
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> RewardPolicy:
-        return cls(tuple(settings.allow_reward_env), tuple(settings.allow_reward_hosts))
+        return cls(
+            tuple(settings.allow_reward_env), tuple(settings.allow_reward_hosts), settings.trust_reward_code
+        )
+
+    @property
+    def isolation(self) -> str:
+        """The reward workers' isolation mode (`openrft.rewards.pool`) for this server's jobs and
+        golden tests: the sandbox, required, where it works; elsewhere 'auto', which runs only
+        built-ins unless the operator trusts tenants' code (`check_code` refuses the rest)."""
+        return "sandbox" if jail.available() is None else "auto"
+
+    def check_code(self, what: str) -> None:
+        """`RewardCodeRefused` naming `what` when tenants' code may not run on this server."""
+        why = jail.available()
+        if why is None or self.trust_code:
+            return
+        raise RewardCodeRefused(
+            f"{what}: this server does not run submitted reward code: the reward sandbox is unavailable "
+            f"here ({why}); the operator can install bubblewrap, or start the server with "
+            "--trust-reward-code to run it with weaker isolation (its own uid, the whole file system "
+            "readable)"
+        )
 
     @property
     def network(self) -> NetworkPolicy:
@@ -77,6 +109,8 @@ class RewardPolicy:
 
     def check_spec(self, spec: RewardSpec, label: str = "") -> None:
         """`check_specs` for one spec; `label` prefixes the field names (e.g. 'rewards[0].')."""
+        if ":" in spec.function:  # not a built-in: the tenant's own code
+            self.check_code(f"{label}function")
         self._check_env(spec, label)
         self._check_network(spec, label)
         for key, url in url_kwargs(spec.kwargs):

@@ -172,13 +172,20 @@ def top_level_functions(source: str, label: str) -> list[str]:
 
 
 def create_reward(
-    store: Store, caller: Caller, name: str, source: str, function: str | None, tests: list[dict[str, Any]]
+    store: Store,
+    caller: Caller,
+    name: str,
+    source: str,
+    function: str | None,
+    tests: list[dict[str, Any]],
+    policy: RewardPolicy = RewardPolicy(),
 ) -> tuple[dict[str, Any], bool]:
     """Register `source` as the next version of the caller's reward `name` (unchanged source: the
     same version). Reward names are per user: two users' `mine` are two rewards.
 
     `function` is the function to call (default: the only top-level function). Golden `tests`, if
-    given, must pass before the version is stored. Returns (version, created).
+    given, must pass (in the sandbox, under the operator's `policy`) before the version is stored;
+    `RewardCodeRefused` where this server may not run tenants' code. Returns (version, created).
     """
     from openrft.rewards import GoldenCase, RewardSpec, check_function, run_golden_tests
 
@@ -187,6 +194,7 @@ def create_reward(
             f"reward name {name!r}: use letters, digits, '_', '.' or '-' (at most 64 characters)"
         )
     label = f"reward {name!r}"
+    policy.check_code(label)
     funcs = top_level_functions(source, label)
     if function is None:
         if len(funcs) != 1:
@@ -204,7 +212,7 @@ def create_reward(
         check_function(f"{path}:{function}", name=name)
         if cases:
             spec = RewardSpec(name=name, function=f"{path}:{function}", tests=cases)
-            failures = run_golden_tests([spec], network_policy=RewardPolicy().network)
+            failures = run_golden_tests([spec], network_policy=policy.network, isolation=policy.isolation)
             if failures:
                 raise RewardError(f"{label}: golden tests failed: " + "; ".join(f.message for f in failures))
     sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
@@ -282,7 +290,7 @@ def run_reward_tests(
         raise RewardError(f"reward {name!r} v{rv['version']} has no golden cases; send `cases`")
     spec = RewardSpec(name=name, function=f"{rv['path']}:{rv['function']}", tests=parsed, kwargs=kwargs or {})
     policy.check_spec(spec)
-    failures = run_golden_tests([spec], network_policy=policy.network)
+    failures = run_golden_tests([spec], network_policy=policy.network, isolation=policy.isolation)
     result = {
         "name": name,
         "version": rv["version"],

@@ -38,6 +38,11 @@ class ServerSettings(BaseModel):
     cancel_grace_s: float = Field(
         5.0, ge=0, description="Seconds a job has to exit after SIGTERM before SIGKILL."
     )
+    trust_reward_code: bool = Field(
+        False,
+        description="Run tenants' reward code even where the bubblewrap sandbox is unavailable (with the "
+        "weaker isolation: own uid, whole file system readable); off = such code is refused (403).",
+    )
     job_env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for training processes."
     )

@@ -53,7 +53,14 @@ async def create_reward(
 ) -> dict[str, Any]:
     """Store a new version (201), or return the latest one unchanged (200) if the source is the same."""
     version, created = await run_in_threadpool(
-        services.create_reward, ctx.store, caller, body.name, body.source, body.function, body.tests
+        services.create_reward,
+        ctx.store,
+        caller,
+        body.name,
+        body.source,
+        body.function,
+        body.tests,
+        RewardPolicy.from_settings(ctx.settings),
     )
     response.status_code = 201 if created else 200
     return _public(version, with_source=False)
