@@ -174,3 +174,22 @@ def test_sandbox_isolation_is_required_when_asked_for(tmp_path: Path, no_sandbox
     (tmp_path / "r.py").write_text(REWARD)
     with pytest.raises(RewardError, match="sandbox required but unavailable: bubblewrap"):
         RewardSet([{"name": "r", "function": "r.py:mine"}], tmp_path, pool_size=1, isolation="sandbox")
+
+
+@pytest.mark.skipif(SANDBOX is not None, reason=f"the bubblewrap sandbox is not available here: {SANDBOX}")
+def test_golden_tests_at_registration_run_in_the_sandbox_away_from_the_servers_key(tmp_path: Path) -> None:
+    settings = ServerSettings(data_dir=tmp_path, max_concurrent_jobs=0)  # key generated into the data dir
+    app = create_app(settings)
+    key_file = tmp_path.resolve() / "api_key"
+    assert key_file.is_file()
+    source = (
+        "def peek(prompt, completion, example):\n"
+        f"    try:\n        open({str(key_file)!r}).read()\n        return 1.0\n"
+        "    except OSError:\n        return 0.0\n"
+    )
+    case = {"completion": "x", "expected": 0.0}  # passes only if the key file cannot be read
+    with TestClient(app, headers={"Authorization": f"Bearer {app.state.api_key}"}) as http:
+        created = http.post("/v1/rewards", json={"name": "peek", "source": source, "tests": [case]})
+        assert created.status_code == 201, created.text
+        tested = http.post("/v1/rewards/peek/test", json={"cases": [case]})
+        assert tested.status_code == 200 and tested.json()["passed"], tested.text

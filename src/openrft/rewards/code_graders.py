@@ -1,7 +1,7 @@
 """Built-in graders that execute model-written code: Python unit tests and SQL queries.
 
 `python_tests` runs the code in a *further* child process (started from the reward worker, so it
-inherits the worker's namespaces, limits and scrubbed environment) with its own audit hook that
+inherits the worker's sandbox, limits and scrubbed environment) with its own audit hook that
 refuses processes, sockets and signals, a wall-clock timeout, and stdout/stderr sent to
 /dev/null; the result comes back on a private file descriptor, tagged with a random nonce.
 

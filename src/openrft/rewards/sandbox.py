@@ -1,17 +1,21 @@
-"""The isolation a reward worker puts itself under before it runs user code.
+"""The isolation a reward worker runs under, and the parts of it the worker sets up itself.
 
 Layers, strongest first (the parent sets up the first two when it starts the worker):
 
-1. **Namespaces** (when ``unshare`` works: root, or unprivileged user namespaces): a new network
-   namespace (no interface but a down loopback) for workers of functions without
-   ``allow_network``; a new PID namespace with its own ``/proc`` so the worker cannot see other
-   processes (nor read their environment) and every process it starts dies with it.
+1. **The bubblewrap sandbox** (`jail`, isolation mode ``sandbox``; see `pool` for the modes):
+   user, PID, IPC, UTS and network namespaces, an unprivileged uid (``nobody`` when the trainer
+   is root), a read-only view of only the Python installation and the reward's source, no
+   capabilities, ``no_new_privs`` and a seccomp filter (`seccomp`). This is the security
+   boundary; the layers below also hold inside it. Without bubblewrap (mode ``namespaces``):
+   ``unshare`` PID and network namespaces only, the worker keeping the trainer's uid and view.
 2. **A scrubbed environment**: the worker is started with only PATH, HOME/TMPDIR (its own temp
-   dir), LANG/LC_ALL/TZ and PYTHONPATH, so the trainer's secrets never enter it.
+   dir), LANG/LC_ALL/TZ, PYTHONPATH and a server's network policy, so the trainer's secrets
+   never enter it.
 3. **Resource limits** (`apply_limits`): address space (a 4 GB allocation raises MemoryError),
    file size, CPU seconds (backstop; the parent's wall-clock timeout is the real one), no core
-   dumps, and a cap on processes: RLIMIT_NPROC for non-root users; for root (whom the kernel
-   exempts from it) a ``pids`` cgroup per worker where cgroups are writable (`make_pids_cgroup`).
+   dumps, and a cap on processes: RLIMIT_NPROC for every uid but root's; for root a ``pids``
+   cgroup per worker where cgroups are writable (`make_pids_cgroup`; a sandboxed worker joins
+   it before the sandbox starts, `jail.with_cgroup`).
 4. **An audit hook** (`install_audit_hook`, PEP 578): refuses, with PermissionError, Python-level
    process creation (fork, exec, spawn, subprocess, system), signals to processes (os.kill,
    killpg, pthread_kill), raising resource limits, reading other processes' ``/proc`` entries
@@ -20,11 +24,12 @@ Layers, strongest first (the parent sets up the first two when it starts the wor
    that has network may connect only where the policy allows (each address checked as the
    HTTP graders check theirs), and no function may connect to a Unix socket.
 
-Limits of layer 4 (why layers 1-3 exist): audit hooks see only what Python raises events for;
-code that calls libc through ``ctypes`` or a C extension can fork or open sockets without an
-event. Hooks are a guard against mistakes and model-written code, not a security boundary.
-Without working namespaces (no root, user namespaces disabled), network and process isolation
-rest on layer 4 alone; `isolation_report` says which layers are active.
+Limits of layer 4: audit hooks see only what Python raises events for; code that calls libc
+through ``ctypes`` or a C extension gets past them. They turn mistakes and model-written code
+into clear errors; they are not a boundary. Without the sandbox (no bubblewrap, macOS) the
+worker reads what the trainer's uid reads, and as root it could act on the machine's mounts:
+so a server refuses tenants' code there unless its operator trusts it (`--trust-reward-code`).
+`WorkerPool.isolation` says which mode the workers run in.
 """
 
 from __future__ import annotations
