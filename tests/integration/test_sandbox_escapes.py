@@ -273,7 +273,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 def _check(result: dict, example: dict) -> None:
     escaped = {n: v for n, v in result["values"].items() if v != [0.0, 0.0]}
     assert escaped == {}, {n: result["tracebacks"][n] for n in escaped}
-    assert result["errors"]["control_reads_its_own_source_and_writes_tmp"] == 0
+    # probes that report a state (not an attempt) must run: an error there would hide a failure
+    for name in ("control_reads_its_own_source_and_writes_tmp", "is_root_or_has_capabilities"):
+        assert result["errors"][name] == 0, result["tracebacks"][name]
+    for name in ("has_no_new_privs_off", "sees_other_processes"):
+        assert result["errors"][name] == 0, result["tracebacks"][name]
     assert result["again"] == [0.0]  # the set keeps scoring after every attempt
     assert result["mode"] == "sandbox"
     assert sorted(os.listdir(example["outside"])) == []

@@ -85,7 +85,21 @@ def python_paths() -> list[str]:
     if sys.base_prefix not in ("/usr", "/"):  # Debian's python: /usr/lib is bound already
         paths += [sys.base_prefix, sys.base_exec_prefix]
     paths += [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) != cwd]
-    return minimal_roots(paths)
+    return list(dict.fromkeys(r for p in paths if (r := _real(p)) and r not in _NEVER))
+
+
+def view(python: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """The folders to bind read-only: the `python` paths that do not hold one of the `sources`
+    (a source folder is bound by itself, so that the way to it inside the sandbox runs through
+    folders made by bwrap, open to all, never through a host folder the sandbox user may not
+    enter), and the sources."""
+    real_sources = [r for s in sources if (r := _real(s))]
+    kept = [p for p in python if not any(_inside(s, p) for s in real_sources)]
+    return minimal_roots([*kept, *real_sources])
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def minimal_roots(paths: Iterable[str]) -> list[str]:
@@ -93,7 +107,7 @@ def minimal_roots(paths: Iterable[str]) -> list[str]:
     found = sorted({r for p in paths if (r := _real(p)) and r not in _NEVER})
     roots: list[str] = []
     for path in found:
-        if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+        if not any(_inside(path, r) for r in roots):
             roots.append(path)
     return roots
 

@@ -228,7 +228,7 @@ class WorkerProcess:
         argv = [sys.executable, "-m", "openrft.rewards.worker"]
         home, fds = self.dir, ()
         if self.mode == "sandbox":
-            view = [*jail.python_paths(), *profile.read_only]
+            view = jail.view(jail.python_paths(), profile.read_only)
             staged = _stage_unreadable(profile.read_only, self.dir)
             fds = (seccomp.program_fd(),)
             argv = jail.command(
