@@ -75,9 +75,9 @@ def greedy(cfg: RunConfig, adapter: Path | None) -> list[str]:
 def test_sft_learns_to_answer_in_capitals(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path)
     assert greedy(load_config(setup), None) != [w.upper() for w in WORDS]
-    run = train_sft(load_config(setup, ["max_steps=100", "save_every=50"]), output_dir=tmp_path / "run")
+    run = train_sft(load_config(setup, ["max_steps=150", "save_every=50"]), output_dir=tmp_path / "run")
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(1, 101))
+    assert [m["step"] for m in metrics] == list(range(1, 151))
     for key in ("loss", "grad_norm", "learning_rate", "num_tokens", "time/update", "step_time", "epoch"):
         assert key in metrics[0], key
     first, last = metrics[0]["loss"], sum(m["loss"] for m in metrics[-5:]) / 5
