@@ -308,3 +308,24 @@ def test_every_escape_fails_when_openrft_runs_as_an_ordinary_user(world: tuple[P
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     _check(result, example)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="the copy is made when the sandbox user differs from the caller"
+)
+def test_a_reward_file_only_root_can_read_is_copied_for_the_sandbox_and_stays_read_only(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    source = folder / "r.py"
+    source.write_text(
+        "def f(prompt, completion, example):\n"
+        "    try:\n        open(__file__, 'a').write('#')\n        return 1.0\n"
+        "    except OSError:\n        return 0.5\n"
+    )
+    os.chmod(source, 0o600)
+    with RewardSet([{"name": "f", "function": f"{source}:f"}], pool_size=1, isolation="sandbox") as rs:
+        assert rs.score(["p"], ["c"], [{}]).column("f") == [0.5]
+    assert source.read_text().endswith("return 0.5\n")

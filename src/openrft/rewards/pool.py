@@ -159,11 +159,16 @@ def resolve_isolation(mode: str, allow_network: bool) -> str:
 
 
 def _stage_unreadable(folders: tuple[str, ...], into: str) -> dict[str, str]:
-    """Copies of the source folders that the sandbox user cannot read (see `jail.stage`)."""
+    """Copies of the source folders that the sandbox user cannot read, the folder itself or a file
+    in it (see `jail.stage`)."""
     uid, gid = jail.sandbox_ids()
     staged = {}
     for folder in jail.minimal_roots(folders):
-        if os.path.isdir(folder) and not jail.readable_by(folder, uid, gid):
+        try:
+            files = [e.path for e in os.scandir(folder) if e.is_file()]
+        except OSError:  # not a folder, or one the trainer cannot list either: nothing to copy
+            continue
+        if not all(jail.readable_by(p, uid, gid) for p in (folder, *files)):
             try:
                 staged[folder] = jail.stage(folder, into)
             except (OSError, ValueError) as e:
