@@ -13,6 +13,14 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NotFound(UserError):
+    """A referenced resource does not exist (the server answers 404)."""
+
+
+class Conflict(UserError):
+    """The resource is in use (the server answers 409)."""
+
+
 class ConfigError(UserError):
     """A config file or override is invalid."""
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from openrft.cli import err_console, run_app
 from openrft.cli.models import app as models_app
 from openrft.cli.rewards import app as rewards_app
 from openrft.cli.server import app as server_app
@@ -24,7 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
@@ -212,15 +210,6 @@ def data_countdown(
 app.add_typer(models_app, name="models")
 app.add_typer(rewards_app, name="rewards")
 app.add_typer(server_app, name="server")
-
-
-def run_app(command: typer.Typer) -> None:
-    """Run a typer app: a UserError prints as one red line and exits 2, without a traceback."""
-    try:
-        command()
-    except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
 
 
 def main() -> None:

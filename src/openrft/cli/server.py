@@ -189,7 +189,7 @@ app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:  # pragma: no cover
-    from openrft.cli.main import run_app
+    from openrft.cli import run_app
 
     run_app(app)
 

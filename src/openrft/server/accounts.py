@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from openrft.errors import UserError
+from openrft.errors import NotFound, UserError
 from openrft.server.store import ADMIN, Store
 
 KEY_PREFIX = "ork-"
@@ -80,9 +80,7 @@ def list_keys(store: Store) -> list[dict[str, Any]]:
 
 
 def revoke_key(store: Store, key_id: str) -> dict[str, Any]:
-    """Revoke a key at once; NotFound-style UserError if there is no such key."""
-    from openrft.server.services import NotFound
-
+    """Revoke a key at once; NotFound if there is no such key."""
     row = store.revoke_api_key(key_id, time.time())
     if row is None:
         raise NotFound(f"no API key {key_id!r}; list keys with GET /v1/keys (openrft server keys list)")

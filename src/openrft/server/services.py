@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.data.loading import LoadedRows, nesting_exceeds
-from openrft.errors import ConfigError, DataError, RewardError, UserError
+from openrft.errors import ConfigError, Conflict, DataError, NotFound, RewardError
 from openrft.jobs import queue
 from openrft.server.accounts import Caller
 from openrft.server.policy import RewardPolicy
@@ -51,14 +51,6 @@ MAX_CONFIG_NESTING = 32
 MAX_VERSION = 2**63 - 1  # SQLite's largest integer
 _REWARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _REWARD_REF = re.compile(r"reward:([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(?:@v?(\d+))?")
-
-
-class NotFound(UserError):
-    """A referenced resource does not exist (answered 404)."""
-
-
-class Conflict(UserError):
-    """The resource is in use (answered 409)."""
 
 
 # -- datasets -------------------------------------------------------------------------------------
