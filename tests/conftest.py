@@ -8,6 +8,8 @@ never download anything.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +41,28 @@ def default_model_dir(openrft_home_dir: Path) -> Path:
     from openrft.models import resolve_model
 
     return resolve_model("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="module")
+def loopback_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts and closes connections (a stand-in for a server's)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,30 +148,6 @@ USER_ERRORS = {
 }
 HAVE_NAMESPACES = namespace_prefix(False) is not None
 HAVE_SANDBOX = jail.available() is None
-
-
-@pytest.fixture(scope="module")
-def loopback_port() -> Iterator[int]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 @pytest.fixture(scope="module", params=["sandbox", "namespaces", "hooks"])

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,7 +217,7 @@ def run_corpus(folder: Path, example: dict) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+def world(tmp_path_factory: pytest.TempPathFactory, loopback_port: int) -> Iterator[tuple[Path, dict]]:
     root = tmp_path_factory.mktemp("escape")
     data = root / "data"
     (data / "rewards" / "other" / "victim").mkdir(parents=True)
@@ -238,26 +236,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     mine = root / "tenant"
     mine.mkdir()
     (mine / "probes.py").write_text(PROBES)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                server.accept()[0].close()
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     example = {
         "data_dir": str(data),
         "other_reward": str(victim),
         "outside": str(outside),
-        "port": server.getsockname()[1],
+        "port": loopback_port,
         "trainer_pid": os.getpid(),
     }
     os.environ["OPENRFT_ESCAPE_SECRET"] = "hunter2"
@@ -265,9 +248,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
         yield mine, example
     finally:
         del os.environ["OPENRFT_ESCAPE_SECRET"]
-        stop.set()
-        thread.join()
-        server.close()
 
 
 def _check(result: dict, example: dict) -> None:
