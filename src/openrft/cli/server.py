@@ -101,7 +101,7 @@ def serve(
     else:
         console.print("[bold]admin API key:[/] from $OPENRFT_API_KEY")
     console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
-    _say_sandbox(trust_reward_code)
+    _say_sandbox()
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(
@@ -109,20 +109,13 @@ def serve(
     )
 
 
-def _say_sandbox(trusted: bool) -> None:
-    """One line on how tenants' reward code runs here (and why it is refused, where it is)."""
+def _say_sandbox() -> None:
+    """One line when tenants' reward code runs in the sandbox (where it cannot, `create_app` has
+    already warned why, and what the operator can do)."""
     from openrft.rewards import jail
 
-    why = jail.available()
-    if why is None:
+    if jail.available() is None:
         console.print("reward code: runs in the bubblewrap sandbox")
-    elif trusted:
-        console.print(f"[yellow]reward code: sandbox unavailable ({why}); runs with weaker isolation[/]")
-    else:
-        console.print(
-            f"[yellow]reward code: refused: the sandbox is unavailable ({why}); install bubblewrap, "
-            "or pass --trust-reward-code[/]"
-        )
 
 
 # -- openrft server keys ---------------------------------------------------------------------------

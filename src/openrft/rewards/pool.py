@@ -184,8 +184,6 @@ def worker_env(
     e.g. a judge's API key; missing ones are skipped)."""
     env = {k: os.environ[k] for k in (*_ENV_KEEP, *passthrough) if k in os.environ}
     env.setdefault("PATH", os.defpath)
-    if home == jail.SANDBOX_TMP:  # the host's PATH names folders the sandbox does not have
-        env["PATH"] = jail.sandbox_path()
     env.update(HOME=home, TMPDIR=home, PYTHONPATH=jail.PKG_ROOT, PYTHONDONTWRITEBYTECODE="1")
     if network_policy is not None:
         env[POLICY_ENV] = network_policy
@@ -231,7 +229,7 @@ class WorkerProcess:
         self.namespaced = self.mode != "hooks"
         self.cgroup = make_pids_cgroup(settings.max_procs) if os.geteuid() == 0 else None
         argv = [sys.executable, "-m", "openrft.rewards.worker"]
-        home, fds = self.dir, ()
+        env, fds = worker_env(self.dir, profile.env, settings.network_policy), ()
         if self.mode == "sandbox":
             view = jail.view(jail.python_paths(), profile.read_only)
             staged = _stage_unreadable(profile.read_only, self.dir)
@@ -244,7 +242,9 @@ class WorkerProcess:
                 tmp_mb=settings.tmp_mb,
                 staged=staged,
             )
-            argv, home = jail.with_cgroup(argv, self.cgroup), jail.SANDBOX_TMP
+            argv = jail.with_cgroup(argv, self.cgroup)
+            # the sandbox's own /tmp is its home; the host's PATH names folders it does not have
+            env.update(HOME=jail.SANDBOX_TMP, TMPDIR=jail.SANDBOX_TMP, PATH=jail.sandbox_path())
         elif self.mode == "namespaces":
             argv = [*(namespace_prefix(profile.allow_network) or []), *argv]
         try:
@@ -255,7 +255,7 @@ class WorkerProcess:
                     stdout=subprocess.PIPE,
                     stderr=log_file,
                     cwd=self.dir,
-                    env=worker_env(home, profile.env, settings.network_policy),
+                    env=env,
                     start_new_session=True,
                     close_fds=True,
                     pass_fds=fds,
