@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.allocator import keep_freed_memory
-from openrft.engine.decoder import pack_bf16_weight
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.kernels.allocator import keep_freed_memory
+from openrft.engine.rollout.decoder import pack_bf16_weight
 
 SHAPES = {"qkv": (960, 576, 30), "o": (576, 576, 30), "gate_up": (3072, 576, 30), "down": (576, 1536, 30)}
 SHAPES["head"] = (49152, 576, 1)

@@ -46,8 +46,10 @@ def peak_rss_gib() -> float:
 
 
 def run_openrft(steps: int, dtype: str) -> dict[str, Any]:
+    from contextlib import closing
+
     from openrft.config import RunConfig
-    from openrft.engine.grpo import setup_grpo, train_step
+    from openrft.engine.grpo import setup, train_step
     from openrft.tasks import countdown
     from openrft.tracking.progress import NullReporter
     from openrft.tracking.run_dir import RunDir
@@ -79,10 +81,10 @@ def run_openrft(steps: int, dtype: str) -> dict[str, Any]:
             "save_every": 0,
         }
     )
-    tr = setup_grpo(cfg, RunDir(tmp / "run"), resume=False, reporter=NullReporter())
-    tr.eos = []  # EOS suppressed: every completion is exactly NEW_TOKENS long
+    tr = setup(cfg, RunDir(tmp / "run"), resume=False, reporter=NullReporter())
+    tr.policy.eos = []  # EOS suppressed: every completion is exactly NEW_TOKENS long
     rows = []
-    with tr.rewards:
+    with closing(tr):
         for step in range(1, steps + 1):
             m = train_step(tr, step)
             assert m["completions/min_length"] == NEW_TOKENS

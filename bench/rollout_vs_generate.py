@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from openrft.engine.allocator import keep_freed_memory
-from openrft.engine.rollout import sample_groups
-from openrft.engine.rollout_model import RolloutModel
+from openrft.engine.kernels.allocator import keep_freed_memory
+from openrft.engine.rollout.model import RolloutModel
+from openrft.engine.rollout.sampler import sample_groups
 from openrft.models import attach_lora, load_model_and_tokenizer
 from openrft.tasks import countdown
 
@@ -41,7 +41,7 @@ def prompt_ids(tok: object, n: int) -> list[list[int]]:
 def time_generate(
     model: torch.nn.Module, tok: object, prompts: list[list[int]], group: int, new: int
 ) -> float:
-    from openrft.engine.rollout import left_pad
+    from openrft.engine.rollout.sampler import left_pad
 
     ids, mask = left_pad(prompts, tok.pad_token_id)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (median)")
     a = ap.parse_args()
-    keep_freed_memory()  # as every OpenRFT run does (engine/allocator.py); both systems share it
+    keep_freed_memory()  # as every OpenRFT run does (engine/kernels/allocator.py); both systems share it
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct", dtype="bfloat16")
     model = attach_lora(model, r=16, alpha=32, dropout=0.0)
     sampler = RolloutModel(model)

@@ -152,10 +152,20 @@ class EvalSection(_Section):
     )
     max_new_tokens: int | None = Field(None, ge=1, description="Default: grpo.max_new_tokens.")
     batch_size: int = Field(32, ge=1)
-    every: int = Field(0, ge=0, description="Evaluate during training every N steps; 0 = only at the end.")
+    every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate the held-out rows during training every N steps and at the last step "
+        "(eval/<reward>/mean, eval/accuracy and its CI in metrics.jsonl); 0 = never during training.",
+    )
+    keep_best: bool = Field(
+        False,
+        description="With `every`: keep the adapter with the best held-out accuracy as adapter-best/ "
+        "next to adapter/.",
+    )
 
 
-# Built-in writers of SFT target completions (the functions live in openrft.engine.sft_data).
+# Built-in writers of SFT target completions (the functions live in openrft.data.targets).
 SFT_COMPLETION_BUILTINS: tuple[str, ...] = ("countdown.demonstration",)
 
 
@@ -307,6 +317,10 @@ class RunConfig(_Section):
             raise ValueError("grpo.top_k=1 makes the G samples identical (no signal); use top_k 0 or > 1")
         if self.eval.every and self.data.eval is None and self.data.eval_fraction == 0:
             raise ValueError("eval.every > 0 needs held-out rows: set data.eval or data.eval_fraction > 0")
+        if self.eval.every and not self.rewards:
+            raise ValueError("eval.every > 0 scores held-out answers with `rewards`: add at least one")
+        if self.eval.keep_best and not self.eval.every:
+            raise ValueError("eval.keep_best needs eval.every > 0 (the held-out accuracy it compares)")
         return self
 
     @property

@@ -1,11 +1,16 @@
-"""File helpers shared by checkpoints, adapters and the model cache (no torch import)."""
+"""File helpers shared by checkpoints, adapters, run directories and the model cache (no torch
+import). Every atomic write in OpenRFT goes through `write_atomic`, `write_json_atomic` or
+`replace_dir`."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -28,3 +33,66 @@ def fsync_path(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str | Path, data: str | bytes, *, durable: bool = False) -> None:
+    """Write `data` to `path` so a reader sees the old file or the new one, never a torn one:
+    a temp file next to it, then a rename. `durable` also fsyncs the file and its folder, so the
+    new content survives a power cut (checkpoints, manifests); plain metadata skips the cost."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(target.parent)
+
+
+def write_json_atomic(path: str | Path, value: Any, *, indent: int | None = 2, durable: bool = False) -> None:
+    """`write_atomic` of `value` as JSON (with a final newline)."""
+    write_atomic(path, json.dumps(value, indent=indent) + "\n", durable=durable)
+
+
+def replace_dir(target: str | Path, build: Callable[[Path], object], *, durable: bool = False) -> Path:
+    """Replace the folder `target` with what `build(tmp)` writes into a fresh temp folder next to
+    it. Readers see the old folder or the new one whole: the old one is moved aside, the new one
+    renamed in, then the old one removed (put back if the rename fails). `durable` fsyncs every
+    new file and the parent folder (adapters, models)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    moved_aside = False
+    try:
+        build(tmp)
+        if durable:
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    fsync_path(file)
+        if target.exists():
+            os.replace(target, old)
+            moved_aside = True
+        os.replace(tmp, target)
+        if durable:
+            fsync_path(target.parent)
+    except BaseException:
+        if moved_aside and not target.exists():
+            os.replace(old, target)  # put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def copy_dir(src: str | Path, dst: str | Path) -> None:
+    """Replace `dst` with a copy of `src`, atomically (`replace_dir`)."""
+    replace_dir(dst, lambda tmp: shutil.copytree(src, tmp))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.decoder import LeanDecoder, pack_bf16_weight
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.rollout.decoder import LeanDecoder, pack_bf16_weight
 
 ops = cpu_kernels.load()
 needs_kernel = pytest.mark.skipif(

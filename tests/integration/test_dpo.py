@@ -14,9 +14,9 @@ import torch
 
 from openrft.config import RunConfig, load_config
 from openrft.engine.common import build_prompts, eos_ids
-from openrft.engine.dpo import train_dpo
 from openrft.engine.logprobs import completion_logps
-from openrft.engine.rollout import left_pad, sample_groups
+from openrft.engine.rollout.sampler import left_pad, sample_groups
+from openrft.engine.train import train
 from openrft.errors import DataError
 from openrft.evaluation.evaluate import load_for_eval
 
@@ -84,7 +84,7 @@ def test_dpo_learns_the_preferred_answer(tmp_path: Path, tiny_model_dir: Path) -
     setup = write_setup(tmp_path)
     cfg = load_config(setup, ["max_steps=40", "save_every=20"])
     assert not any(g.startswith("y") for g in greedy(cfg, None))
-    run = train_dpo(cfg, output_dir=tmp_path / "run")
+    run = train(cfg, output_dir=tmp_path / "run")
     metrics = read_jsonl(run / "metrics.jsonl")
     assert len(metrics) == 40
     for key in (
@@ -121,10 +121,10 @@ def test_dpo_learns_the_preferred_answer(tmp_path: Path, tiny_model_dir: Path) -
 def test_resume_continues_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path)
     opts = ["dpo.batch_size=4"]
-    full = train_dpo(load_config(setup, [*opts, "max_steps=4"]), output_dir=tmp_path / "full")
+    full = train(load_config(setup, [*opts, "max_steps=4"]), output_dir=tmp_path / "full")
     part = tmp_path / "part"
-    train_dpo(load_config(setup, [*opts, "max_steps=2"]), output_dir=part)
-    train_dpo(load_config(setup, [*opts, "max_steps=4"]), output_dir=part, resume=True)
+    train(load_config(setup, [*opts, "max_steps=2"]), output_dir=part)
+    train(load_config(setup, [*opts, "max_steps=4"]), output_dir=part, resume=True)
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     for key in ("loss", "rewards/margins", "logps/chosen"):
@@ -135,12 +135,12 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_missing_rejected_column_fails_before_the_model(tmp_path: Path) -> None:
     rows = [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "b", "chosen": "x"}]
     with pytest.raises(DataError, match=r"prefs.jsonl:2: the row has no 'rejected' column"):
-        train_dpo(load_config(write_setup(tmp_path, rows)), output_dir=tmp_path / "run")
+        train(load_config(write_setup(tmp_path, rows)), output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = load_config(write_setup(tmp_path), ["max_steps=1"])
-    train_dpo(cfg, output_dir=tmp_path / "run")
+    train(cfg, output_dir=tmp_path / "run")
     with pytest.raises(Exception, match="already holds a run"):
-        train_dpo(cfg, output_dir=tmp_path / "run")
+        train(cfg, output_dir=tmp_path / "run")

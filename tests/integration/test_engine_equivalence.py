@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from openrft.engine import cpu_kernels, logprobs
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.kernels import logprobs
 from openrft.engine.logprobs import (
     causal_lm,
     chunked_linear_logps,
@@ -19,9 +20,9 @@ from openrft.engine.logprobs import (
     grouped_completion_logps,
     logps_from_logits,
 )
-from openrft.engine.precision import train_autocast
-from openrft.engine.rollout import positions, sample_groups, sample_tokens
-from openrft.engine.rollout_model import RolloutModel
+from openrft.engine.ops.precision import train_autocast
+from openrft.engine.rollout.model import RolloutModel
+from openrft.engine.rollout.sampler import positions, sample_groups, sample_tokens
 from openrft.models import attach_lora, load_model_and_tokenizer
 
 
@@ -247,8 +248,8 @@ def test_grouped_attention_equals_eager_attention_with_gradients(
 ) -> None:
     """The registered grouped attention gives transformers' eager results: outputs and LoRA
     gradients, with left padding, in fp32 and bf16, with the C++ masked softmax or without."""
-    from openrft.engine import attention
-    from openrft.engine.attention import NAME, use_grouped_attention
+    from openrft.engine.ops import attention
+    from openrft.engine.ops.attention import NAME, use_grouped_attention
 
     if kernel and cpu_kernels.load() is None:
         pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
@@ -279,7 +280,7 @@ def test_grouped_attention_equals_eager_attention_with_gradients(
 def test_masked_softmax_kernel_rounds_where_the_pytorch_ops_do() -> None:
     """bf16: the C++ forward equals scaling, mask, float32 softmax and cast, and its backward
     equals autograd through them, to the last bit but for the odd 1-ulp exp difference."""
-    from openrft.engine.attention import _MaskedSoftmax
+    from openrft.engine.ops.attention import _MaskedSoftmax
 
     if cpu_kernels.load() is None:
         pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
@@ -320,7 +321,7 @@ def test_two_level_sampler_has_the_right_distribution() -> None:
 def _grouped_logps_and_grads(
     model: torch.nn.Module, b: Any, idx: torch.Tensor, fused: bool
 ) -> tuple[Any, Any]:
-    from openrft.engine.lora_fused import fused_lora
+    from openrft.engine.ops.lora import fused_lora
 
     uniq, inv = torch.unique(idx // b.group_size, return_inverse=True)
     args = (b.prompt_ids[uniq * b.group_size], b.prompt_mask[uniq * b.group_size], inv)
@@ -391,7 +392,7 @@ def _own_and_fused(holder: torch.nn.Module, fuse: Any, x: torch.Tensor, up: torc
 def test_fused_rms_norm_equals_transformers_rms_norm_with_gradients(dtype: torch.dtype) -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from openrft.engine.norm_fused import fused_rms_norm
+    from openrft.engine.ops.norm import fused_rms_norm
 
     if cpu_kernels.load() is None:
         pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")
@@ -445,7 +446,7 @@ def test_fused_silu_mul_equals_the_mlps_own_forward_with_gradients(dtype: torch.
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 
-    from openrft.engine.mlp_fused import fused_mlp
+    from openrft.engine.ops.mlp import fused_mlp
 
     if cpu_kernels.load() is None:
         pytest.skip(f"CPU kernels unavailable: {cpu_kernels.why_not()}")

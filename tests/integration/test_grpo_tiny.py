@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from openrft.config import load_config
-from openrft.engine.grpo import train_grpo
+from openrft.engine.train import train
 from openrft.errors import RewardError
 from openrft.evaluation.evaluate import evaluate
 
@@ -69,7 +69,7 @@ def test_train_writes_metrics_samples_checkpoints_and_adapter(
     setup: Path, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     cfg = load_config(setup)
-    run = train_grpo(cfg, output_dir=tmp_path / "run")
+    run = train(cfg, output_dir=tmp_path / "run")
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for key in (
@@ -112,10 +112,10 @@ def test_train_writes_metrics_samples_checkpoints_and_adapter(
 
 
 def test_resume_continues_exactly(setup: Path, tmp_path: Path) -> None:
-    full = train_grpo(load_config(setup, ["max_steps=4"]), output_dir=tmp_path / "full")
+    full = train(load_config(setup, ["max_steps=4"]), output_dir=tmp_path / "full")
     part = tmp_path / "part"
-    train_grpo(load_config(setup, ["max_steps=2"]), output_dir=part)
-    train_grpo(load_config(setup, ["max_steps=4"]), output_dir=part, resume=True)
+    train(load_config(setup, ["max_steps=2"]), output_dir=part)
+    train(load_config(setup, ["max_steps=4"]), output_dir=part, resume=True)
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     for ma, mb in zip(a, b, strict=True):
@@ -124,9 +124,9 @@ def test_resume_continues_exactly(setup: Path, tmp_path: Path) -> None:
 
 
 def test_refuses_to_overwrite_a_run_without_resume(setup: Path, tmp_path: Path) -> None:
-    train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "r")
+    train(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "r")
     with pytest.raises(Exception, match="--resume"):
-        train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "r")
+        train(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "r")
 
 
 def test_kill_9_then_resume_uses_last_complete_checkpoint(setup: Path, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_kill_9_then_resume_uses_last_complete_checkpoint(setup: Path, tmp_path:
     assert done and done[-1] >= 3
     last = done[-1]
     # a crash mid-write leaves a temp folder; a torn file breaks a manifest: neither may be used
-    (ckpts / f".tmp-step-{last + 1}-999").mkdir()
+    (ckpts / f".step-{last + 1}.tmp-999").mkdir()
     torn = ckpts / f"step-{last + 1}"
     torn.mkdir(exist_ok=True)
     (torn / "adapter").mkdir(exist_ok=True)
@@ -165,7 +165,7 @@ def test_kill_9_then_resume_uses_last_complete_checkpoint(setup: Path, tmp_path:
     assert f"resumed from {ckpts / f'step-{last}'} (step {last})" in out.stderr.replace("\n", "")
     steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, last + 4))
-    assert not list(ckpts.glob(".tmp-step-*"))
+    assert not list(ckpts.glob(".step-*.tmp-*"))
 
 
 def test_reward_that_always_raises_is_counted_then_stops_the_run(
@@ -181,7 +181,7 @@ def test_reward_that_always_raises_is_counted_then_stops_the_run(
     )
     cfg = load_config(setup, ["max_steps=10"])
     with pytest.raises(RewardError) as err:
-        train_grpo(cfg, output_dir=tmp_path / "run")
+        train(cfg, output_dir=tmp_path / "run")
     assert "bad" in str(err.value) and "broken reward" in str(err.value)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert metrics, "the run should go on for a while before stopping"
@@ -191,7 +191,7 @@ def test_reward_that_always_raises_is_counted_then_stops_the_run(
 
 def test_not_applicable_rewards_are_left_out(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path, rewards="  - {name: na, function: rewards.py:not_applicable_for_odd}\n")
-    run = train_grpo(load_config(setup, ["max_steps=2"]), output_dir=tmp_path / "run")
+    run = train(load_config(setup, ["max_steps=2"]), output_dir=tmp_path / "run")
     for s in read_jsonl(run / "samples.jsonl"):
         assert s["rewards"]["na"] in (None, 1.0)
         assert s["advantage"] == 0.0  # constant or absent reward: no signal
@@ -229,7 +229,7 @@ def test_eval_reports_accuracy_and_rewards(setup: Path, tmp_path: Path) -> None:
 
 
 def test_kl_against_the_base_model(setup: Path, tmp_path: Path) -> None:
-    run = train_grpo(load_config(setup, ["max_steps=2", "grpo.beta=0.1"]), output_dir=tmp_path / "run")
+    run = train(load_config(setup, ["max_steps=2", "grpo.beta=0.1"]), output_dir=tmp_path / "run")
     m = read_jsonl(run / "metrics.jsonl")
     assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: LoRA B = 0, so policy = reference
     assert m[1]["kl"] > 0  # after one update the policy has moved away from the base
@@ -239,7 +239,7 @@ def test_several_iterations_reuse_rollout_logprobs(setup: Path, tmp_path: Path) 
     cfg = load_config(
         setup, ["max_steps=2", "grpo.num_iterations=3", "grpo.loss_type=grpo", "grpo.epsilon=0.01"]
     )
-    run = train_grpo(cfg, output_dir=tmp_path / "run")
+    run = train(cfg, output_dir=tmp_path / "run")
     m = read_jsonl(run / "metrics.jsonl")
     assert torch.isfinite(torch.tensor([x["loss"] for x in m])).all()
     assert max(x["clip_ratio"] for x in m) > 0  # later iterations move past the tight clip range
@@ -250,7 +250,7 @@ def test_assistant_prefix_template_is_rendered_per_row(tmp_path: Path, tiny_mode
     setup.write_text(
         setup.read_text().replace("eval_fraction: 0.34}", "eval_fraction: 0.34, assistant_prefix: '#{id}:'}")
     )
-    run = train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
+    run = train(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
     for s in read_jsonl(run / "samples.jsonl"):
         assert s["completion"].startswith(f"#{s['example']['id']}:")  # rewards see the rendered prefix
 
@@ -263,7 +263,7 @@ def test_assistant_prefix_missing_column_fails_before_loading(tmp_path: Path, ti
         setup.read_text().replace("eval_fraction: 0.34}", "eval_fraction: 0.34, assistant_prefix: '{nope}'}")
     )
     with pytest.raises(DataError, match="nope"):
-        train_grpo(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
+        train(load_config(setup, ["max_steps=1"]), output_dir=tmp_path / "run")
 
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint(setup: Path, tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.decoder import LeanDecoder, lean_decoder_for
-from openrft.engine.rollout import sample_groups
-from openrft.engine.rollout_model import RolloutModel
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.rollout.decoder import LeanDecoder, lean_decoder_for
+from openrft.engine.rollout.model import RolloutModel
+from openrft.engine.rollout.sampler import sample_groups
 from openrft.models import attach_lora
 
 

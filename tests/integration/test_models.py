@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from openrft.engine.attention import use_grouped_attention
+from openrft.engine.ops.attention import use_grouped_attention
 from openrft.errors import ConfigError
 from openrft.models import attach_lora, count_trainable, load_model_and_tokenizer, save_adapter
 from openrft.models.registry import resolve_dtype

@@ -158,10 +158,10 @@ def test_update_writes_a_request(tmp_path: Path) -> None:
 
 
 def test_preflight_of_a_trained_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from openrft.engine.grpo import train_grpo
+    from openrft.engine.train import train
 
     cfg = write_config(tmp_path, "  - {name: has_a, function: rw.py:has_a}\n")
-    run = train_grpo(load_config(cfg, ["save_every=0"]), output_dir=tmp_path / "run")
+    run = train(load_config(cfg, ["save_every=0"]), output_dir=tmp_path / "run")
     out = tmp_path / "report.json"
     args = ["preflight", str(cfg), "-k", "2", "-n", "2", "--adapter", str(run / "adapter"), "-o", str(out)]
     result = runner.invoke(app, args)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from openrft.config import load_config
-from openrft.engine.grpo import train_grpo
+from openrft.engine.train import train
 from openrft.errors import RewardError
 from openrft.rewards import RewardSet
 
@@ -320,7 +320,7 @@ def test_judge_and_remote_score_a_two_step_grpo_run(
         """
     )
     (tmp_path / "cfg.yaml").write_text(cfg)
-    run = train_grpo(load_config(tmp_path / "cfg.yaml"), output_dir=tmp_path / "run")
+    run = train(load_config(tmp_path / "cfg.yaml"), output_dir=tmp_path / "run")
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and len(samples) == 16

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from openrft.config import load_config
-from openrft.engine.grpo import train_grpo
+from openrft.engine.train import train
 from openrft.errors import RewardError
 from openrft.rewards import RewardSet
 from openrft.rewards.live import apply_pending_updates, read_versions, request_update, version_metrics
@@ -44,7 +44,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> t
         "max_steps: 2\nsave_every: 0\n"
         "rewards:\n  - {name: a, function: rewards.py:count_a}\n"
     )
-    run = train_grpo(load_config(tmp / "cfg.yaml"), output_dir=tmp / "run")
+    run = train(load_config(tmp / "cfg.yaml"), output_dir=tmp / "run")
     return tmp, run
 
 

@@ -24,8 +24,8 @@ def always_one(prompt, completion, example):
     return 1.0
 """
 TRAIN = (
-    "import sys\nfrom openrft.config import load_config\nfrom openrft.engine.grpo import train_grpo\n"
-    "train_grpo(load_config(sys.argv[1]), output_dir=sys.argv[2])\n"
+    "import sys\nfrom openrft.config import load_config\nfrom openrft.engine.train import train\n"
+    "train(load_config(sys.argv[1]), output_dir=sys.argv[2])\n"
 )
 
 

@@ -12,16 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from openrft.config import RunConfig, load_config
+from openrft.engine.batching import micro_batches
 from openrft.engine.common import build_prompts, eos_ids, load_policy, pick_device
-from openrft.engine.rollout import sample_groups
-from openrft.engine.sft import (
-    load_sft_rows,
-    micro_batches,
-    sft_loss,
-    target_logps,
-    tokenize_examples,
-    train_sft,
-)
+from openrft.engine.losses import sft_loss
+from openrft.engine.rollout.sampler import sample_groups
+from openrft.engine.sft import load_sft_rows, target_logps, tokenize_examples
 from openrft.engine.train import train
 from openrft.errors import DataError
 from openrft.evaluation.evaluate import load_for_eval
@@ -75,7 +70,7 @@ def greedy(cfg: RunConfig, adapter: Path | None) -> list[str]:
 def test_sft_learns_to_answer_in_capitals(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path)
     assert greedy(load_config(setup), None) != [w.upper() for w in WORDS]
-    run = train_sft(load_config(setup, ["max_steps=150", "save_every=50"]), output_dir=tmp_path / "run")
+    run = train(load_config(setup, ["max_steps=150", "save_every=50"]), output_dir=tmp_path / "run")
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, 151))
     for key in ("loss", "grad_norm", "learning_rate", "num_tokens", "time/update", "step_time", "epoch"):
@@ -118,10 +113,10 @@ def test_packing_gives_the_padded_loss_with_less_padding(tmp_path: Path, tiny_mo
 def test_resume_continues_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path)
     opts = ["sft.batch_size=4", "sft.packing=true"]  # 6 rows, 4 per step: epochs straddle steps
-    full = train_sft(load_config(setup, [*opts, "max_steps=4"]), output_dir=tmp_path / "full")
+    full = train(load_config(setup, [*opts, "max_steps=4"]), output_dir=tmp_path / "full")
     part = tmp_path / "part"
-    train_sft(load_config(setup, [*opts, "max_steps=2"]), output_dir=part)
-    train_sft(load_config(setup, [*opts, "max_steps=4"]), output_dir=part, resume=True)
+    train(load_config(setup, [*opts, "max_steps=2"]), output_dir=part)
+    train(load_config(setup, [*opts, "max_steps=4"]), output_dir=part, resume=True)
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], abs=1e-6)
@@ -130,8 +125,8 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_full_finetune_writes_a_model_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
     setup = write_setup(tmp_path)
     opts = ["sft.full_finetune=true", "optim.lr=0.001"]
-    run = train_sft(load_config(setup, [*opts, "max_steps=2"]), output_dir=tmp_path / "run")
-    train_sft(load_config(setup, [*opts, "max_steps=4"]), output_dir=run, resume=True)
+    run = train(load_config(setup, [*opts, "max_steps=2"]), output_dir=tmp_path / "run")
+    train(load_config(setup, [*opts, "max_steps=4"]), output_dir=run, resume=True)
     assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
     assert not (run / "adapter").exists() and (run / "model" / "config.json").is_file()
     from transformers import AutoModelForCausalLM
@@ -156,7 +151,7 @@ def test_chat_message_rows(tmp_path: Path, tiny_model_dir: Path) -> None:
         "<|im_start|>user\nsay apple<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tok.decode(ex.completion_ids) == "APPLE<|im_end|>"
-    run = train_sft(cfg, output_dir=tmp_path / "run")
+    run = train(cfg, output_dir=tmp_path / "run")
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -173,7 +168,7 @@ def test_data_errors_come_before_the_model(tmp_path: Path) -> None:
     rows = [{"prompt": "a", "completion": "A"}, {"prompt": "b"}]
     cfg = load_config(write_setup(tmp_path, rows=rows))
     with pytest.raises(DataError, match=r"data.jsonl:2: the row has no target completion"):
-        train_sft(cfg, output_dir=tmp_path / "run")
+        train(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -182,7 +177,7 @@ def test_too_long_rows_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None
     with pytest.raises(
         DataError, match=r"data.jsonl:1: prompt \+ completion are \d+ tokens, more than sft.max_seq_len"
     ):
-        train_sft(load_config(write_setup(tmp_path, rows=rows)), output_dir=tmp_path / "run")
+        train(load_config(write_setup(tmp_path, rows=rows)), output_dir=tmp_path / "run")
 
 
 def test_cli_train_runs_sft(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from openrft.engine.allocator import keep_freed_memory
+from openrft.engine.kernels.allocator import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
@@ -38,7 +38,7 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
 
 
 def test_huge_page_buffer_is_aligned_sized_and_usable() -> None:
-    from openrft.engine.allocator import HUGE_PAGE, huge_page_buffer
+    from openrft.engine.kernels.allocator import HUGE_PAGE, huge_page_buffer
 
     buf = huge_page_buffer(3 * HUGE_PAGE + 100)
     assert buf.dtype == torch.uint8 and buf.numel() == 3 * HUGE_PAGE + 100

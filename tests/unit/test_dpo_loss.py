@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from openrft.engine.dpo import dpo_sigmoid_loss
+from openrft.engine.losses import dpo_sigmoid_loss
 
 # Pair 1: policy (chosen, rejected) = (-1, -2), reference = (-1.5, -1.0)
 #   h = (-1 - -2) - (-1.5 - -1.0) = 1 - (-0.5) = 1.5;  beta h = 0.75

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from openrft.engine.sft import (
+from openrft.engine.batching import (
     PackedBatch,
     PaddedBatch,
     SFTExample,
     collate_packed,
     collate_padded,
     micro_batches,
-    sft_loss,
 )
+from openrft.engine.losses import sft_loss
 
 A = SFTExample(0, [5, 6, 7], [8, 9])  # 3 prompt + 2 target tokens
 B = SFTExample(1, [5], [10, 11, 12])  # 1 prompt + 3 target tokens

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from openrft.config import SFT_COMPLETION_BUILTINS, RunConfig, load_config
-from openrft.engine.sft_data import (
+from openrft.data.targets import (
     COMPLETION_BUILTINS,
     implied_completion_fn,
     pack,

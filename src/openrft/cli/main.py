@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -49,34 +46,12 @@ def train(
     from openrft.tracking.progress import RichReporter
 
     cfg = load_config(config, overrides or [])
-    with stop_after_step_on_signal():
-        try:
-            run = run_training(cfg, output_dir=output_dir, resume=resume, reporter=RichReporter(err_console))
-        except TrainingStopped as e:
-            err_console.print(f"[yellow]{e}[/]", soft_wrap=True)
-            raise typer.Exit(130) from None
+    try:  # the first Ctrl-C / SIGTERM finishes the step and checkpoints (engine.loop)
+        run = run_training(cfg, output_dir=output_dir, resume=resume, reporter=RichReporter(err_console))
+    except TrainingStopped as e:
+        err_console.print(f"[yellow]{e}[/]", soft_wrap=True)
+        raise typer.Exit(130) from None
     err_console.print(f"[green]done:[/] {final_artifact(run)}")
-
-
-@contextmanager
-def stop_after_step_on_signal() -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: finish the current step, checkpoint, exit 130. Second: stop now."""
-    from openrft.engine.loop import clear_stop, request_stop, stop_requested
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop_requested():
-            raise KeyboardInterrupt
-        request_stop()
-        err_console.print("[yellow]stopping after this step (checkpoint first); signal again to stop now[/]")
-
-    clear_stop()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        clear_stop()
 
 
 @app.command("eval")

@@ -1,7 +1,8 @@
 """Atomic, verifiable, resumable checkpoints. Never pickle: safetensors and JSON only.
 
-A checkpoint is written into `checkpoints/.tmp-step-N-<pid>/`, every file fsynced, a
-`manifest.json` of sha256 sums written last, then the folder is renamed to `step-N`. A folder
+A checkpoint is written into `checkpoints/.step-N.tmp-<pid>/`, every file fsynced, a
+`manifest.json` of sha256 sums written last, then the folder is renamed to `step-N`
+(`fsutil.replace_dir`). A folder
 without a valid manifest (a crash mid-write, a torn file) is never loaded: `latest()` skips it.
 """
 
@@ -17,7 +18,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from openrft.fsutil import fsync_path, sha256_file
+from openrft.errors import ConfigError
+from openrft.fsutil import fsync_path, replace_dir, sha256_file, write_atomic
+from openrft.tracking.progress import Reporter
+from openrft.tracking.run_dir import RunDir
 
 MANIFEST = "manifest.json"
 
@@ -30,12 +34,7 @@ def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> None:
                 os.fsync(fh.fileno())
             files[str(f.relative_to(folder))] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
     body = {"files": files, "created": time.time(), **(extra or {})}
-    tmp = folder / (MANIFEST + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(json.dumps(body, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    write_atomic(folder / MANIFEST, json.dumps(body, indent=2), durable=True)
 
 
 def verify(folder: Path) -> bool:
@@ -98,22 +97,21 @@ def save_checkpoint(
     """Write checkpoint `step` atomically under `root` and prune older ones beyond `keep`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "adapter", safe_serialization=True)
-    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["torch_cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": opt_meta, **state}
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
-    write_manifest(tmp, {"step": step})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
+        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["torch_cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": opt_meta, **state}
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        write_manifest(tmp, {"step": step})  # fsyncs every file, the manifest last
+
+    replace_dir(final, build)
     fsync_path(root)
     for old in list_complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -139,7 +137,7 @@ def latest(root: Path) -> Path | None:
 def cleanup_partial(root: Path) -> None:
     """Remove half-written temp folders left by a crash."""
     if root.is_dir():
-        for p in root.glob(".tmp-step-*"):
+        for p in [*root.glob(".step-*.tmp-*"), *root.glob(".step-*.old-*"), *root.glob(".tmp-step-*")]:
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -149,12 +147,24 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    full: bool = False,
 ) -> dict[str, Any]:
-    """Restore adapter weights, optimizer, scheduler and RNG; return the trainer state."""
-    from peft import set_peft_model_state_dict
+    """Restore adapter weights (or, with `full`, every weight of a model saved whole by
+    `save_pretrained`), optimizer, scheduler and RNG; return the trainer state."""
+    if full:
+        weights: dict[str, torch.Tensor] = {}
+        for f in sorted((folder / "adapter").glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
+        if set(missing) - tied or unexpected:
+            raise ConfigError(
+                f"{folder}: checkpoint does not match the model (missing {sorted(missing)[:3]})"
+            )
+    else:
+        from peft import set_peft_model_state_dict
 
-    adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, adapter)
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
     return restore_trainer_state(folder, optimizer=optimizer, scheduler=scheduler)
 
 
@@ -173,3 +183,27 @@ def restore_trainer_state(
     if "torch_cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["torch_cuda"])
     return state
+
+
+def restore(
+    run: RunDir,
+    resume: bool,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    reporter: Reporter,
+    full: bool = False,
+) -> int:
+    """Load the newest verified checkpoint when resuming; return the step to continue after."""
+    cleanup_partial(run.checkpoints)
+    if not resume:
+        return 0
+    start = 0
+    last = latest(run.checkpoints)
+    if last is not None:
+        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, full=full)
+        start = int(state["step"])
+        reporter.message(f"resumed from {last} (step {start})")
+    run.truncate_after(start)
+    return start

@@ -1,5 +1,6 @@
-"""Pieces every recipe shares: device and threads, seeding, model + adapter, optimizer,
-schedule, prompt building. Recipes (grpo.py, later sft.py, dpo.py) stay short by calling these."""
+"""Pieces every recipe shares: device and threads, seeding, held-out splits and prompt building,
+and the one set-up of the trainable policy (`setup_policy`: model, tokenizer, LoRA or every
+weight, optimizer, schedule, EOS and pad tokens, resume). GRPO, SFT and DPO all start here."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ from openrft.data import (
     split_rows,
     validate_rows,
 )
-from openrft.engine.allocator import keep_freed_memory
+from openrft.engine.checkpoint import restore, write_manifest
+from openrft.engine.kernels.allocator import keep_freed_memory
 from openrft.errors import DataError
+from openrft.fsutil import replace_dir
+from openrft.tracking.progress import Reporter
+from openrft.tracking.run_dir import RunDir
 from openrft.types import PromptItem
 
 
@@ -205,10 +210,6 @@ def eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
     return sorted(ids)
 
 
-def resolve_output_dir(cfg: RunConfig, output_dir: str | Path | None) -> Path:
-    return Path(output_dir or cfg.output_dir)
-
-
 class PhaseTimer:
     """Times named phases of a step: `with timer("rollout"): ...` -> {"time/rollout": s}."""
 
@@ -224,7 +225,79 @@ class PhaseTimer:
             self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
-def save_final_adapter(model: Any, target: Path) -> None:
+# -- the trainable policy, set up once for every recipe ---------------------------------------------
+
+
+@dataclass
+class Policy:
+    """What every recipe trains: the model (base + LoRA, or every weight), its tokenizer, the
+    optimizer and schedule over its trainable weights, and the step to continue after."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    eos: list[int]  # every id that ends a completion
+    eos_id: int  # the one that SFT/DPO targets end with
+    pad: int
+    full: bool  # every weight is trained (`sft.full_finetune`): saved as `model/`, not `adapter/`
+    start_step: int = 0
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_trainable(cfg: RunConfig, device: torch.device, full: bool) -> tuple[torch.nn.Module, Any]:
+    """Base + LoRA (`lora.*`), or with `full` the base model with every weight trainable."""
+    if not full:
+        return load_policy(cfg, device)
+    from openrft.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(cfg.model.name, dtype=cfg.model.dtype, device=str(device))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, tok
+
+
+def setup_policy(
+    cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter, full: bool = False
+) -> Policy:
+    """Threads, seeds and device; the run directory; the model; optimizer and schedule; then the
+    newest verified checkpoint when resuming. Call it after the data has been validated, so a bad
+    row fails before a model loads."""
+    set_threads(cfg.model.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    run.create(cfg)
+    reporter.message(f"loading {cfg.model.name} ...")
+    model, tok = load_trainable(cfg, device, full)
+    eos = eos_ids(tok, model)
+    eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    optimizer, scheduler = make_optimizer(cfg, model)
+    start = restore(
+        run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter, full=full
+    )
+    return Policy(model, tok, optimizer, scheduler, eos, eos_id, pad, full, start)
+
+
+def save_policy(policy: Policy, target: Path) -> None:
+    """The final artifact: the adapter (PEFT format), or the whole model + tokenizer, atomically."""
+    if policy.full:
+        save_full_model(policy.model, policy.tokenizer, target)
+        return
     from openrft.models import save_adapter
 
-    save_adapter(model, target)
+    save_adapter(policy.model, target)
+
+
+def save_full_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> None:
+    """Write model (safetensors) + tokenizer into `target` atomically (temp folder, then rename)."""
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_manifest(tmp)
+
+    replace_dir(target, build)

@@ -1,6 +1,6 @@
 """Direct Preference Optimization (DPO) on a LoRA adapter: the training recipe.
 
-    openrft train examples/dpo_toy.yaml
+    openrft train examples/dpo_concise.yaml
 
 Rows hold a prompt (a `prompt` column or the config's `prompt_template`), a `chosen` and a
 `rejected` answer (text, or one assistant message). Each step draws `dpo.batch_size` pairs
@@ -22,70 +22,24 @@ How this departs from the paper (Rafailov et al., 2023) and matches TRL's `loss_
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from openrft.config import RunConfig
 from openrft.data import read_rows, split_rows, validate_rows
-from openrft.engine.common import (
-    PhaseTimer,
-    batch_indices,
-    build_prompts,
-    eos_ids,
-    load_policy,
-    make_optimizer,
-    pick_device,
-    save_final_adapter,
-    seed_everything,
-    set_threads,
-    step_seed,
-)
-from openrft.engine.fused import fused_layers
+from openrft.data.targets import preference_texts
+from openrft.engine.batching import SFTExample, collate_padded, tokenize_completion
+from openrft.engine.common import PhaseTimer, Policy, batch_indices, build_prompts, setup_policy, step_seed
 from openrft.engine.logprobs import completion_logps
-from openrft.engine.loop import open_run, restore, run_steps
-from openrft.engine.sft import SFTExample, collate_padded, tokenize_completion
-from openrft.engine.sft_data import preference_texts
+from openrft.engine.loop import optimizer_step
+from openrft.engine.losses import dpo_sigmoid_loss
+from openrft.engine.ops.fused import fused_layers
+from openrft.engine.ops.precision import train_autocast
 from openrft.errors import DataError
-from openrft.tracking.progress import NullReporter, Reporter
-
-# =============================================================================================
-# The loss (a pure function)
-# =============================================================================================
-
-
-@dataclass
-class DPOParts:
-    losses: torch.Tensor  # [B] per-pair loss (with gradient)
-    chosen_rewards: torch.Tensor  # [B] beta * (log pi(chosen) - log ref(chosen)), detached
-    rejected_rewards: torch.Tensor  # [B] same for the rejected answer, detached
-
-
-def dpo_sigmoid_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-) -> DPOParts:
-    """DPO's sigmoid loss from sequence log-probs (each [B], summed over the answer's tokens):
-
-    h = (log pi(c) - log pi(r)) - (log ref(c) - log ref(r))
-    loss = -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)
-    """
-    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # [B]
-    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    return DPOParts(
-        losses=losses,
-        chosen_rewards=beta * (policy_chosen - ref_chosen).detach(),
-        rejected_rewards=beta * (policy_rejected - ref_rejected).detach(),
-    )
-
+from openrft.tracking.progress import Reporter
+from openrft.tracking.run_dir import RunDir
 
 # =============================================================================================
 # Data
@@ -156,53 +110,34 @@ def sequence_logps(model: torch.nn.Module, pairs: list[PreferenceExample], pad: 
 
 
 # =============================================================================================
-# The training loop
+# The recipe: setup / step
 # =============================================================================================
 
 
-def train_dpo(
-    cfg: RunConfig,
-    *,
-    output_dir: str | Path | None = None,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-) -> Path:
-    """Run DPO as configured; returns the run directory (with `adapter/` at the end)."""
-    reporter = reporter or NullReporter()
-    run = open_run(cfg, output_dir, resume)
+@dataclass
+class DPORecipe:
+    cfg: RunConfig
+    policy: Policy
+    pairs: list[PreferenceExample]
+    ref_cache: dict[int, tuple[float, float]] = field(default_factory=dict)  # row -> reference logps
+    label: str = "DPO"
+
+    @property
+    def per_step(self) -> int:
+        return self.cfg.dpo.batch_size
+
+    def step(self, n: int) -> dict[str, Any]:
+        return dpo_step(self, n)
+
+    def close(self) -> None:
+        pass
+
+
+def setup(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter) -> DPORecipe:
+    """Preference rows are validated before the model loads; then the policy and the pairs."""
     rows, texts, source = load_preference_rows(cfg)
-    set_threads(cfg.model.threads)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.model.device)
-    run.create(cfg)
-    reporter.message(f"loading {cfg.model.name} ...")
-    model, tok = load_policy(cfg, device)
-    eos = eos_ids(tok, model)
-    eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos[0]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_id
-    pairs = tokenize_pairs(cfg, tok, rows, texts, source, eos_id)
-    optimizer, scheduler = make_optimizer(cfg, model)
-    start = restore(run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter)
-    ref_cache: dict[int, tuple[float, float]] = {}
-
-    def step_fn(step: int) -> dict[str, Any]:
-        return dpo_step(cfg, step, model, optimizer, scheduler, pairs, pad, ref_cache)
-
-    run_steps(
-        cfg,
-        run,
-        start=start,
-        per_step=cfg.dpo.batch_size,
-        step_fn=step_fn,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        reporter=reporter,
-        label="DPO",
-        final=run.adapter,
-        save_final=lambda target: save_final_adapter(model, target),
-    )
-    return run.path
+    policy = setup_policy(cfg, run, resume=resume, reporter=reporter)
+    return DPORecipe(cfg, policy, tokenize_pairs(cfg, policy.tokenizer, rows, texts, source, policy.eos_id))
 
 
 def reference_logps(
@@ -223,34 +158,24 @@ def reference_logps(
     return torch.tensor([cache[e.index] for e in pairs], dtype=torch.float32)
 
 
-def dpo_step(
-    cfg: RunConfig,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    pairs: list[PreferenceExample],
-    pad: int,
-    ref_cache: dict[int, tuple[float, float]],
-) -> dict[str, Any]:
-    d = cfg.dpo
+def dpo_step(r: DPORecipe, step: int) -> dict[str, Any]:
+    cfg, d, pol = r.cfg, r.cfg.dpo, r.policy
+    model = pol.model
     timer = PhaseTimer()
     t_step = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step))
     per_micro = cfg.optim.micro_batch_size
 
     with timer("data"):
-        chosen = [
-            pairs[i] for i in batch_indices(len(pairs), step - 1, d.batch_size, cfg.seed, cfg.data.shuffle)
-        ]
+        idx = batch_indices(len(r.pairs), step - 1, d.batch_size, cfg.seed, cfg.data.shuffle)
+        chosen = [r.pairs[i] for i in idx]
 
     with timer("reference"):
         model.eval()
-        ref = reference_logps(model, chosen, pad, per_micro, ref_cache)  # [B, 2]
+        ref = reference_logps(model, chosen, pol.pad, per_micro, r.ref_cache)  # [B, 2]
 
     with timer("update"):
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
         policy = torch.zeros(len(chosen), 2)
         loss_sum = 0.0
         rewards_c, rewards_r = [], []
@@ -258,26 +183,20 @@ def dpo_step(
             for i in range(0, len(chosen), per_micro):
                 mb = chosen[i : i + per_micro]
                 n = len(mb)
-                s = sequence_logps(model, mb, pad)  # [2n]
-                r = ref[i : i + n].to(s.device, s.dtype)
+                with train_autocast(model):
+                    s = sequence_logps(model, mb, pol.pad)  # [2n]
+                r_mb = ref[i : i + n].to(s.device, s.dtype)
                 parts = dpo_sigmoid_loss(
-                    s[:n], s[n:], r[:, 0], r[:, 1], beta=d.beta, label_smoothing=d.label_smoothing
+                    s[:n], s[n:], r_mb[:, 0], r_mb[:, 1], beta=d.beta, label_smoothing=d.label_smoothing
                 )
                 loss = parts.losses.sum() / len(chosen)
                 loss.backward()
                 loss_sum += float(loss.detach())
-                policy[i : i + n, 0], policy[i : i + n, 1] = (
-                    s[:n].detach().float().cpu(),
-                    s[n:].detach().float().cpu(),
-                )
+                policy[i : i + n, 0] = s[:n].detach().float().cpu()
+                policy[i : i + n, 1] = s[n:].detach().float().cpu()
                 rewards_c.append(parts.chosen_rewards.float().cpu())
                 rewards_r.append(parts.rejected_rewards.float().cpu())
-        max_norm = cfg.optim.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        grad_norm, lr = optimizer_step(cfg, pol.params, pol.optimizer, pol.scheduler)
 
     rc, rr = torch.cat(rewards_c), torch.cat(rewards_r)
     step_time = time.perf_counter() - t_step
@@ -293,7 +212,7 @@ def dpo_step(
         "logps/rejected": float(policy[:, 1].mean()),
         "grad_norm": grad_norm,
         "learning_rate": lr,
-        "epoch": step * d.batch_size / len(pairs),
+        "epoch": step * d.batch_size / len(r.pairs),
         **timer.times,
         "step_time": step_time,
         "tokens_per_second": tokens / step_time,

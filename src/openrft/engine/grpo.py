@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,29 +29,23 @@ from openrft.config import RunConfig
 from openrft.engine.advantages import group_advantages, weighted_total
 from openrft.engine.common import (
     PhaseTimer,
+    Policy,
     batch_indices,
     build_prompts,
-    eos_ids,
-    load_policy,
     load_splits,
-    make_optimizer,
-    pick_device,
-    save_final_adapter,
-    seed_everything,
-    set_threads,
+    setup_policy,
     step_seed,
 )
-from openrft.engine.fused import fused_layers
 from openrft.engine.logprobs import grouped_completion_logps
-from openrft.engine.loop import open_run, restore, run_steps
+from openrft.engine.loop import optimizer_step
 from openrft.engine.losses import grpo_loss, normaliser
-from openrft.engine.precision import train_autocast
-from openrft.engine.rollout import sample_groups
-from openrft.engine.rollout_model import RolloutModel
+from openrft.engine.ops.fused import fused_layers
+from openrft.engine.ops.precision import train_autocast
+from openrft.engine.rollout import RolloutModel, decode_completions, sample_groups
 from openrft.rewards import RewardSet
 from openrft.rewards.golden import check_golden_or_raise
 from openrft.rewards.live import apply_pending_updates, describe_event, version_metrics
-from openrft.tracking.progress import NullReporter, Reporter
+from openrft.tracking.progress import Reporter
 from openrft.tracking.run_dir import RunDir
 from openrft.types import PromptItem, RolloutBatch
 
@@ -72,11 +65,7 @@ class UpdateStats:
 
 
 def update_policy(
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: RolloutBatch,
-    advantages: torch.Tensor,
+    cfg: RunConfig, policy: Policy, batch: RolloutBatch, advantages: torch.Tensor
 ) -> UpdateStats:
     """`num_iterations` optimizer steps on one rollout batch, accumulating over micro-batches."""
     g = cfg.grpo
@@ -87,7 +76,7 @@ def update_policy(
     rows = torch.arange(batch.num_sequences)
     if g.skip_zero_advantage and g.beta == 0:
         rows = rows[(advantages != 0) & (mask.sum(-1) > 0)]  # zero advantage -> zero gradient exactly
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = policy.model, policy.params
     device = params[0].device
     sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0, "ent_n": 0.0, "tok": 0.0}
     grad_norm = 0.0
@@ -132,10 +121,7 @@ def update_policy(
                 if ent is not None:
                     sums["ent"] += float((ent * cm).sum())
                     sums["ent_n"] += n_tok
-            max_norm = cfg.optim.max_grad_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if rows.numel() else 0.0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, _ = optimizer_step(cfg, params, policy.optimizer, None, any_grad=bool(rows.numel()))
     tok = max(sums["tok"], 1.0)
     return UpdateStats(
         loss=sums["loss"] / g.num_iterations,
@@ -231,107 +217,68 @@ def _num(x: torch.Tensor) -> float | None:
 
 
 # =============================================================================================
-# The training loop
+# The recipe: setup / step
 # =============================================================================================
 
 
 @dataclass
-class Trainer:
-    """Everything a GRPO step needs, built once by `setup_grpo`."""
+class GRPORecipe:
+    """Everything a GRPO step needs, built once by `setup`."""
 
     cfg: RunConfig
     run: RunDir
-    model: torch.nn.Module  # the policy: base + trainable LoRA (peft)
+    policy: Policy  # base + trainable LoRA (peft), optimizer, schedule
     sampler: RolloutModel  # LoRA-merged copy used for sampling
-    tokenizer: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     rewards: RewardSet
     prompts: list[PromptItem]
     names: list[str]
     weights: torch.Tensor  # [F]
-    eos: list[int]
-    pad: int
-    start_step: int = 0
+    reporter: Reporter
+    label: str = "GRPO"
+
+    @property
+    def per_step(self) -> int:
+        return self.cfg.grpo.prompts_per_step
+
+    def step(self, n: int) -> dict[str, Any]:
+        for event in apply_pending_updates(self.rewards, self.run.path, n):  # `openrft rewards update`
+            self.reporter.message(describe_event(event))
+        metrics = train_step(self, n)
+        metrics.update(version_metrics(self.rewards))
+        return metrics
+
+    def close(self) -> None:
+        self.rewards.close()
 
 
-def setup_grpo(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter) -> Trainer:
-    """Validate inputs (data, rewards) before loading the model, then build the trainer state."""
+def setup(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter) -> GRPORecipe:
+    """Validate inputs (data, rewards, golden tests) before loading the model, then build the
+    recipe's state."""
     splits = load_splits(cfg)
     rewards = RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=cfg.max_reward_error_rate)
     try:
         check_golden_or_raise(cfg, reward_set=rewards)  # reward unit tests must pass before launch
-        set_threads(cfg.model.threads)
-        seed_everything(cfg.seed)
-        device = pick_device(cfg.model.device)
-        run.create(cfg)
-        reporter.message(f"loading {cfg.model.name} ...")
-        model, tok = load_policy(cfg, device)
-        prompts = build_prompts(cfg, tok, splits.train, cfg.data.train)
-        optimizer, scheduler = make_optimizer(cfg, model)
-        start = restore(run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter)
+        policy = setup_policy(cfg, run, resume=resume, reporter=reporter)
+        prompts = build_prompts(cfg, policy.tokenizer, splits.train, cfg.data.train)
     except BaseException:
         rewards.close()
         raise
-    eos = eos_ids(tok, model)
-    return Trainer(
+    return GRPORecipe(
         cfg=cfg,
         run=run,
-        model=model,
-        sampler=RolloutModel(model),
-        tokenizer=tok,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        policy=policy,
+        sampler=RolloutModel(policy.model),
         rewards=rewards,
         prompts=prompts,
         names=[r.name for r in cfg.rewards],
         weights=torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32),
-        eos=eos,
-        pad=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
-        start_step=start,
+        reporter=reporter,
     )
 
 
-def train_grpo(
-    cfg: RunConfig,
-    *,
-    output_dir: str | Path | None = None,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-) -> Path:
-    """Run GRPO as configured; returns the run directory (with `adapter/` at the end)."""
-    reporter = reporter or NullReporter()
-    run = open_run(cfg, output_dir, resume)
-    tr = setup_grpo(cfg, run, resume=resume, reporter=reporter)
-
-    def step(n: int) -> dict[str, Any]:
-        for event in apply_pending_updates(tr.rewards, run.path, n):  # `openrft rewards update`
-            reporter.message(describe_event(event))
-        metrics = train_step(tr, n)
-        metrics.update(version_metrics(tr.rewards))
-        return metrics
-
-    with tr.rewards:
-        run_steps(
-            cfg,
-            run,
-            start=tr.start_step,
-            per_step=cfg.grpo.prompts_per_step,
-            step_fn=step,
-            model=tr.model,
-            optimizer=tr.optimizer,
-            scheduler=tr.scheduler,
-            reporter=reporter,
-            label="GRPO",
-            final=run.adapter,
-            save_final=lambda path: save_final_adapter(tr.model, path),
-        )
-    return run.path
-
-
-def train_step(tr: Trainer, step: int) -> dict[str, Any]:
+def train_step(tr: GRPORecipe, step: int) -> dict[str, Any]:
     """One GRPO step: rollout -> reward -> advantage -> update -> log; returns its metrics."""
-    cfg, g = tr.cfg, tr.cfg.grpo
+    cfg, g, pol = tr.cfg, tr.cfg.grpo, tr.policy
     timer = PhaseTimer()
     t_step = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step))
@@ -340,20 +287,20 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
 
     with timer("rollout"):
         tr.sampler.sync()
-        on_cpu = next(tr.model.parameters()).device.type == "cpu"
+        on_cpu = next(pol.model.parameters()).device.type == "cpu"
         batch = sample_groups(
             tr.sampler,
             [p.ids for p in batch_prompts],
             group_size=g.num_generations,
             max_new_tokens=g.max_new_tokens,
-            eos_ids=tr.eos,
-            pad_id=tr.pad,
+            eos_ids=pol.eos,
+            pad_id=pol.pad,
             temperature=g.temperature,
             top_p=g.top_p,
             top_k=g.top_k,
             generator=torch.Generator().manual_seed(step_seed(cfg.seed, step)) if on_cpu else None,
         )
-        completions = decode_completions(tr.tokenizer, batch, [p.prefix for p in batch_prompts])
+        completions = decode_completions(pol.tokenizer, batch, [p.prefix for p in batch_prompts])
 
     with timer("reward"):
         expanded = [batch_prompts[i // g.num_generations] for i in range(batch.num_sequences)]
@@ -365,10 +312,9 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
         advantages, _, _ = group_advantages(totals, g.num_generations, scale=g.scale_rewards)
 
     with timer("update"):
-        stats = update_policy(cfg, tr.model, tr.optimizer, batch, advantages)
-        lr = tr.scheduler.get_last_lr()[0]
-        tr.scheduler.step()
-
+        stats = update_policy(cfg, pol, batch, advantages)
+        lr = pol.scheduler.get_last_lr()[0]
+        pol.scheduler.step()
     with timer("log"):
         if step % cfg.log_samples_every == 0:
             tr.run.log_samples(
@@ -399,15 +345,3 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
         }
     )
     return metrics
-
-
-def decode_completions(tok: Any, batch: RolloutBatch, prefixes: list[str]) -> list[str]:
-    """Completion texts as reward functions see them: each row's assistant prefix + generated text.
-
-    `prefixes` holds one prefix per prompt (rows [g*G, (g+1)*G) share prompt g's)."""
-    out = []
-    for i, (ids, m) in enumerate(zip(batch.completion_ids, batch.completion_mask, strict=True)):
-        out.append(
-            prefixes[i // batch.group_size] + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
-        )
-    return out

@@ -11,14 +11,9 @@ from typing import Any
 
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.rollout import positions
-
-
-def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    """The underlying *ForCausalLM (LoRA layers are injected in place, so they still apply)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.rollout.model import causal_lm
+from openrft.engine.rollout.sampler import positions
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -210,6 +205,32 @@ def completion_logps(
     )
     logits = out.logits[:, :-1]  # [N, T, V]: position i predicts completion token i
     return logps_from_logits(logits, completion_ids.to(device), temperature, with_entropy)
+
+
+def packed_target_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
+    """Log-probs [K] of the K target tokens of packed rows (input_ids, position_ids, target_mask:
+    [r, L]; position ids restart per sequence, so attention is block-diagonal). The vocabulary
+    projection runs only at the K positions that predict a target, chunk by chunk through
+    `chunked_linear_logps` when the head allows it: neither [r, L, V] nor [K, V] logits exist."""
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=ids,
+        attention_mask=None,  # None + restarting position ids = block-diagonal causal attention
+        position_ids=position_ids.to(device),
+        use_cache=False,
+    ).last_hidden_state  # [r, L, H]
+    targets = target_mask[:, 1:].to(device).bool()  # [r, L-1]: token t+1 is a target
+    picked = hidden[:, :-1][targets]  # [K, H]
+    labels = ids[:, 1:][targets]  # [K]
+    fused = fused_head(lm)
+    if fused is not None:
+        logps, _ = chunked_linear_logps(picked[None], fused[1], labels[None], 1.0, False)
+        return logps.view(-1)
+    return selective_log_softmax(lm.get_output_embeddings()(picked), labels)  # [K]
 
 
 def select_rows(cache: Any, groups: torch.Tensor) -> None:

@@ -1,28 +1,33 @@
-"""The step loop the supervised recipes (SFT, DPO) share with GRPO's conventions: one run
-directory, resume from the last complete checkpoint, checkpoints every `save_every` steps
-(timed as `time/checkpoint`), metrics flushed per step, and the final adapter (or, for full
-fine-tuning, the whole model) written atomically at the end."""
+"""The step loop every recipe runs in, and the pieces of a step they share.
+
+- `Recipe`: the shape of a recipe (GRPO, SFT, DPO): built by its `setup` (data validated first,
+  then `common.setup_policy`), it runs one `step(n)`; the loop saves its policy.
+- `run_steps`: steps start+1 .. max_steps; metrics flushed per step; checkpoints every
+  `save_every` steps (timed as `time/checkpoint`); held-out evaluation every `eval.every` steps;
+  the final adapter (or whole model) written atomically at the end.
+- Signals: the first Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and raises
+  `TrainingStopped` (the CLI exits 130, a job reports "stopped"); a second one stops at once.
+- `optimizer_step`: clip, step, schedule, zero: the same for every recipe.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file
 
 from openrft.config import RunConfig
 from openrft.engine import checkpoint as ckpt
+from openrft.engine.common import Policy, save_policy
 from openrft.errors import ConfigError
 from openrft.tracking.progress import Reporter
 from openrft.tracking.run_dir import RunDir
-
-StepFn = Callable[[int], dict[str, Any]]
 
 _stop = threading.Event()
 
@@ -36,8 +41,7 @@ class TrainingStopped(Exception):
 
 
 def request_stop() -> None:
-    """Ask the running loop to stop after the current step, with a checkpoint (a signal handler
-    calls this: Ctrl-C or SIGTERM then never loses the steps since the last checkpoint)."""
+    """Ask the running loop to stop after the current step, with a checkpoint."""
     _stop.set()
 
 
@@ -47,6 +51,80 @@ def stop_requested() -> bool:
 
 def clear_stop() -> None:
     _stop.clear()
+
+
+@contextmanager
+def stop_after_step_on_signal(reporter: Reporter | None = None) -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, stop (`TrainingStopped`).
+    Second: `KeyboardInterrupt` at once. Outside the main thread (signals cannot be caught
+    there) the caller's own handling stays in place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop_requested():
+            raise KeyboardInterrupt
+        request_stop()
+        if reporter is not None:
+            reporter.message("stopping after this step (checkpoint first); signal again to stop now")
+
+    clear_stop()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        clear_stop()
+
+
+# -- the recipe shape ------------------------------------------------------------------------------
+
+
+class Recipe(Protocol):
+    """What `run_steps` needs of a recipe (torchtune's recipe interface: setup / step / save).
+
+    A recipe module has `setup(cfg, run, *, resume, reporter) -> Recipe`: it validates the data
+    (a bad row fails before a model loads), then builds the policy with `common.setup_policy`."""
+
+    label: str  # shown on the progress bar: "GRPO", "SFT", "DPO"
+    per_step: int  # rows drawn per step (recorded in checkpoints)
+    policy: Policy  # model, tokenizer, optimizer, schedule, start step
+
+    def step(self, n: int) -> dict[str, Any]:
+        """Train step `n` (1-based); its metrics."""
+        ...
+
+    def close(self) -> None:
+        """Release what the recipe holds (reward workers)."""
+        ...
+
+
+StepHook = Callable[[int, dict[str, Any]], None]
+
+
+def optimizer_step(
+    cfg: RunConfig,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    any_grad: bool = True,
+) -> tuple[float, float]:
+    """Clip the gradient norm (`optim.max_grad_norm`; 0 = no clipping), step, advance the schedule
+    (when given), zero the gradients. Returns (grad norm before clipping, the lr used)."""
+    max_norm = cfg.optim.max_grad_norm or float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if any_grad else 0.0
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = float(optimizer.param_groups[0]["lr"])
+    if scheduler is not None:
+        scheduler.step()
+    return grad_norm, lr
+
+
+# -- run directory and resume ----------------------------------------------------------------------
 
 
 def open_run(cfg: RunConfig, output_dir: str | Path | None, resume: bool) -> RunDir:
@@ -59,64 +137,46 @@ def open_run(cfg: RunConfig, output_dir: str | Path | None, resume: bool) -> Run
     return run
 
 
-def restore(
-    run: RunDir,
-    resume: bool,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    reporter: Reporter,
-    full: bool = False,
-) -> int:
-    """Load the newest verified checkpoint when resuming; return the step to continue after."""
-    ckpt.cleanup_partial(run.checkpoints)
-    if not resume:
-        return 0
-    start = 0
-    last = ckpt.latest(run.checkpoints)
-    if last is not None:
-        load = load_full_checkpoint if full else ckpt.load_checkpoint
-        state = load(last, model=model, optimizer=optimizer, scheduler=scheduler)
-        start = int(state["step"])
-        reporter.message(f"resumed from {last} (step {start})")
-    run.truncate_after(start)
-    return start
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def final_path(run: RunDir, policy: Policy) -> Path:
+    """`model/` after full fine-tuning, else `adapter/`."""
+    return run.path / "model" if policy.full else run.adapter
 
 
 def run_steps(
     cfg: RunConfig,
     run: RunDir,
+    recipe: Recipe,
     *,
-    start: int,
-    per_step: int,
-    step_fn: StepFn,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     reporter: Reporter,
-    label: str,
-    final: Path,
-    save_final: Callable[[Path], None],
+    after_step: StepHook | None = None,
 ) -> None:
-    """Steps start+1 .. max_steps, then the last checkpoint and `save_final(final)`."""
+    """Steps start+1 .. max_steps, then the last checkpoint and the final artifact.
+    `after_step(step, metrics)` runs after each step's own metrics (held-out evaluation adds
+    its metrics to the same row)."""
+    policy, start = recipe.policy, recipe.policy.start_step
+    final = final_path(run, policy)
 
     def save(step: int) -> None:
         ckpt.save_checkpoint(
             run.checkpoints,
             step,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"data_position": step * per_step, "seed": cfg.seed},
+            model=policy.model,
+            optimizer=policy.optimizer,
+            scheduler=policy.scheduler,
+            state={"data_position": step * recipe.per_step, "seed": cfg.seed},
             keep=cfg.keep_checkpoints,
         )
 
-    reporter.start(cfg.max_steps, start, label)
+    reporter.start(cfg.max_steps, start, recipe.label)
     try:
         checkpoint_s = 0.0
         for step in range(start + 1, cfg.max_steps + 1):
-            metrics = step_fn(step)
+            metrics = recipe.step(step)
+            if after_step is not None:
+                after_step(step, metrics)
             metrics["time/checkpoint"] = checkpoint_s  # the previous step's checkpoint, if any
             # metrics first, then the checkpoint: a crash in between redoes this step on resume
             run.log_metrics(metrics)
@@ -131,40 +191,6 @@ def run_steps(
                     raise TrainingStopped(run.path, step)
         if start < cfg.max_steps or not final.exists():
             save(cfg.max_steps)
-            save_final(final)
+            save_policy(policy, final)
     finally:
         reporter.stop()
-
-
-# -- full fine-tuning: the whole model instead of an adapter ---------------------------------------
-
-
-def load_full_checkpoint(
-    folder: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
-    """`checkpoint.load_checkpoint` for a model saved whole (`save_pretrained` of a plain model)."""
-    weights: dict[str, torch.Tensor] = {}
-    for f in sorted((folder / "adapter").glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")}
-    if set(missing) - tied or unexpected:
-        raise ConfigError(f"{folder}: checkpoint does not match the model (missing {sorted(missing)[:3]})")
-    return ckpt.restore_trainer_state(folder, optimizer=optimizer, scheduler=scheduler)
-
-
-def save_full_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> None:
-    """Write model (safetensors) + tokenizer into `target` atomically (temp folder, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    ckpt.write_manifest(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)

@@ -1,7 +1,8 @@
-"""GRPO policy losses and KL estimators (pure functions).
+"""Every training loss, as pure functions: GRPO's policy loss and KL estimator, SFT's
+negative log-likelihood and DPO's sigmoid loss.
 
 Shapes: N sequences, T completion tokens; `mask` [N, T] is 1 on real completion tokens.
-Variants (see `aggregate`):
+GRPO's normalisation variants (see `aggregate`):
 - grpo    (DeepSeekMath): mean over each sequence's tokens, then mean over sequences.
 - dapo    (DAPO): mean over all tokens of the batch (long answers are not down-weighted).
 - dr_grpo (Dr. GRPO): sum over tokens / (N x max_new_tokens), a constant normaliser.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -110,4 +112,46 @@ def grpo_loss(
         policy_loss=float(loss.detach()),
         kl=kl_val,
         clip_ratio=float((clipped.to(m.dtype) * m).sum() / n_tok),
+    )
+
+
+# -- SFT --------------------------------------------------------------------------------------------
+
+
+def sft_loss(logps: torch.Tensor, mask: torch.Tensor, total_tokens: float) -> torch.Tensor:
+    """Summed negative log-likelihood of the masked tokens / `total_tokens` (all target tokens of
+    the step, so micro-batches add up to the step's token mean). logps, mask: [n, T] (or [K])."""
+    return -(logps * mask).sum() / total_tokens
+
+
+# -- DPO --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DPOParts:
+    losses: torch.Tensor  # [B] per-pair loss (with gradient)
+    chosen_rewards: torch.Tensor  # [B] beta * (log pi(chosen) - log ref(chosen)), detached
+    rejected_rewards: torch.Tensor  # [B] same for the rejected answer, detached
+
+
+def dpo_sigmoid_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> DPOParts:
+    """DPO's sigmoid loss from sequence log-probs (each [B], summed over the answer's tokens):
+
+    h = (log pi(c) - log pi(r)) - (log ref(c) - log ref(r))
+    loss = -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)
+    """
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # [B]
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return DPOParts(
+        losses=losses,
+        chosen_rewards=beta * (policy_chosen - ref_chosen).detach(),
+        rejected_rewards=beta * (policy_rejected - ref_rejected).detach(),
     )

@@ -33,7 +33,7 @@ from openrft.config import RunConfig, set_dotted
 from openrft.data import take
 from openrft.errors import ConfigError
 from openrft.evaluation.compare_report import LABELS, build_report, plot_accuracy, render_markdown
-from openrft.evaluation.metrics import bootstrap_ci, mean
+from openrft.stats import bootstrap_ci, mean
 from openrft.tracking.progress import NullReporter, Reporter
 
 METHODS: tuple[str, ...] = ("sft", "rft", "sft_rft")

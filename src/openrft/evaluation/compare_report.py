@@ -25,7 +25,7 @@ def build_report(
     command: str | None,
     session_time_s: float,
 ) -> dict[str, Any]:
-    from openrft.engine.sft_data import implied_completion_fn
+    from openrft.data.targets import implied_completion_fn
 
     base = next(r for r in results if r["method"] == "base")
     temperature = cfg.eval.temperature

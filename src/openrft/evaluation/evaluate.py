@@ -11,19 +11,11 @@ from typing import Any
 import torch
 
 from openrft.config import RunConfig
-from openrft.engine.common import (
-    build_prompts,
-    eos_ids,
-    load_splits,
-    load_validated,
-    pick_device,
-    set_threads,
-)
-from openrft.engine.grpo import decode_completions
-from openrft.engine.rollout import sample_groups
-from openrft.engine.rollout_model import RolloutModel
+from openrft.engine.common import build_prompts, load_splits, load_validated, pick_device, set_threads
+from openrft.engine.held_out import Scored, sample_and_score, summarize
+from openrft.engine.rollout import RolloutModel
 from openrft.errors import ConfigError
-from openrft.evaluation.metrics import bootstrap_ci, mean, pass_at_k
+from openrft.fsutil import write_atomic
 from openrft.rewards import RewardSet
 from openrft.tracking.progress import NullReporter, Reporter
 
@@ -68,25 +60,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the base model or `adapter` on held-out rows. Returns the report dict."""
     reporter = reporter or NullReporter()
-    e = cfg.eval
-    k = samples or e.samples
+    k = samples or cfg.eval.samples
     rows, source = evaluation_rows(cfg, data)
-    if e.max_rows:
-        rows = rows[: e.max_rows]
-    temperature = e.temperature if e.temperature is not None else (0.0 if k == 1 else 1.0)
+    if cfg.eval.max_rows:
+        rows = rows[: cfg.eval.max_rows]
     set_threads(cfg.model.threads)
     if model is None:
         model, tokenizer = load_for_eval(cfg, adapter)
     prompts = build_prompts(cfg, tokenizer, rows, source)
-    eos = eos_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    names = [r.name for r in cfg.rewards]
-    max_new = e.max_new_tokens or cfg.grpo.max_new_tokens
-    per_batch = max(1, e.batch_size // k)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    values: list[list[float]] = []
-    completions: list[str] = []
-    errors = dict.fromkeys(names, 0)
     t0 = time.perf_counter()
     reporter.start(len(prompts), 0, "eval")
     was_training = model.training
@@ -96,88 +77,48 @@ def evaluate(
         # models, decoded by the lean decoder
         sampler = RolloutModel(model)
         with RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=1.0) as rewards:
-            for start in range(0, len(prompts), per_batch):
-                chunk = prompts[start : start + per_batch]
-                batch = sample_groups(
-                    sampler,
-                    [p.ids for p in chunk],
-                    group_size=k,
-                    max_new_tokens=max_new,
-                    eos_ids=eos,
-                    pad_id=pad,
-                    temperature=temperature,
-                    top_p=cfg.grpo.top_p if temperature > 0 else 1.0,
-                    generator=gen if next(model.parameters()).device.type == "cpu" else None,
-                )
-                texts = decode_completions(tokenizer, batch, [p.prefix for p in chunk])
-                expanded = [chunk[i // k] for i in range(len(texts))]
-                scores = rewards.score([p.text for p in expanded], texts, [p.row for p in expanded])
-                values.extend(scores.values)
-                completions.extend(texts)
-                for n_, c in scores.errors.items():
-                    errors[n_] = errors.get(n_, 0) + c
-                done = min(start + per_batch, len(prompts))
-                reporter.update(done, {})
+            scored = sample_and_score(
+                cfg,
+                model,
+                sampler,
+                tokenizer,
+                prompts,
+                rewards,
+                k=k,
+                on_batch=lambda n: reporter.update(n, {}),
+            )
     finally:
         reporter.stop()
         model.train(was_training)
-    return build_report(
-        cfg, rows, prompts, completions, values, names, k, errors, time.perf_counter() - t0, adapter, source
-    )
+    return build_report(cfg, rows, prompts, scored, k, time.perf_counter() - t0, adapter, source)
 
 
 def build_report(
     cfg: RunConfig,
     rows: list[dict[str, Any]],
     prompts: list[Any],
-    completions: list[str],
-    values: list[list[float]],
-    names: list[str],
+    scored: Scored,
     k: int,
-    errors: dict[str, int],
     seconds: float,
     adapter: str | Path | None,
     source: str,
 ) -> dict[str, Any]:
+    names = [r.name for r in cfg.rewards]
     report: dict[str, Any] = {
         "n": len(rows),
         "samples_per_row": k,
         "model": cfg.model.name,
         "adapter": str(adapter) if adapter else None,
         "data": source,
+        **summarize(cfg, scored, len(rows), k),
     }
-    weights = [r.weight for r in cfg.rewards]
-    totals = []
-    for v in values:
-        present = [(w, x) for w, x in zip(weights, v, strict=True) if x == x]
-        totals.append(sum(w * x for w, x in present) if present else float("nan"))
-    report["reward"] = mean(totals)
-    for j, name in enumerate(names):
-        col = [v[j] for v in values]
-        report[f"rewards/{name}/mean"] = mean(col)
-        report[f"rewards/{name}/errors"] = errors.get(name, 0)
-    success = cfg.success_reward or (names[0] if names else None)
-    if success is not None:
-        j = names.index(success)
-        col = [v[j] for v in values]
-        report["success_reward"] = success
-        report["accuracy"] = mean(col)
-        lo, hi = bootstrap_ci(col, seed=cfg.seed)
-        report["accuracy_ci95"] = [lo, hi]
-        for kk in sorted({1, k}):
-            per_row = []
-            for i in range(len(rows)):
-                group = col[i * k : (i + 1) * k]
-                c = sum(1 for x in group if x == x and x >= cfg.eval.success_threshold)
-                per_row.append(pass_at_k(k, c, kk))
-            report[f"pass@{kk}"] = mean(per_row)
     report["time_s"] = seconds
     report["details"] = [
         {
             "index": i,
             "prompt": prompts[i].text,
-            "completions": completions[i * k : (i + 1) * k],
-            "rewards": [dict(zip(names, v, strict=True)) for v in values[i * k : (i + 1) * k]],
+            "completions": scored.completions[i * k : (i + 1) * k],
+            "rewards": [dict(zip(names, v, strict=True)) for v in scored.values[i * k : (i + 1) * k]],
         }
         for i in range(len(rows))
     ]
@@ -194,8 +135,4 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
             return [clean(v) for v in x]
         return x
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(p)
+    write_atomic(path, json.dumps(clean(report), indent=2, ensure_ascii=False) + "\n")

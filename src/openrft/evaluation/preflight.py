@@ -610,9 +610,8 @@ def sample_and_score(
     import torch
 
     from openrft.engine.common import build_prompts, eos_ids, load_splits, set_threads
-    from openrft.engine.grpo import decode_completions
-    from openrft.engine.rollout import sample_groups
-    from openrft.engine.rollout_model import RolloutModel
+    from openrft.engine.rollout.model import RolloutModel
+    from openrft.engine.rollout.sampler import decode_completions, sample_groups
     from openrft.evaluation.evaluate import load_for_eval
     from openrft.rewards import RewardSet
     from openrft.tracking.progress import NullReporter

@@ -1,7 +1,7 @@
 """The training process of one job: `python -m openrft.jobs.child JOB_JSON`.
 
 JOB_JSON holds {"config": <resolved RunConfig>, "run_dir": ..., "trackers": [...]}. The process
-calls the same `train_grpo` as `openrft train`, always with resume=True (a first attempt finds no
+calls the same `engine.train.train` as `openrft train`, always with resume=True (a first attempt finds no
 checkpoint and starts at step 0; a later one continues from the last complete checkpoint), logs
 one plain line per step to stdout (the job log), and writes `result.json` in the run directory:
 {"status": "succeeded"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
@@ -95,14 +95,14 @@ def run(job_file: Path) -> int:
     from openrft.errors import UserError
 
     try:
-        from openrft.engine.grpo import train_grpo
+        from openrft.engine.train import train
         from openrft.tracking.sinks import make_sinks
 
         cfg = RunConfig.model_validate(spec["config"])
         if cfg.method != "grpo":
             raise UserError(f"method {cfg.method!r} is not available yet; use method: grpo")
         reporter = LineReporter(make_sinks(spec.get("trackers", []), run_dir, cfg))
-        train_grpo(cfg, output_dir=run_dir, resume=True, reporter=reporter)
+        train(cfg, output_dir=run_dir, resume=True, reporter=reporter)
     except Stopped:
         print("stopped by signal", flush=True)
         _write_result(run_dir, {"status": "stopped"})

@@ -494,7 +494,7 @@ def load_model_and_tokenizer(
     """Resolve `name_or_path`, load model (eval mode) and tokenizer (left padding).
 
     Attention: SDPA (flash kernels on GPUs); on CPU, Llama-family models use OpenRFT's grouped
-    attention (engine/attention.py: 3x faster forward + backward than CPU SDPA in bf16).
+    attention (engine/ops/attention.py: 3x faster forward + backward than CPU SDPA in bf16).
     The tokenizer's pad token defaults to its eos token when it has none.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -509,7 +509,7 @@ def load_model_and_tokenizer(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     model.to(device)
     if device == "cpu":
-        from openrft.engine.attention import use_grouped_attention
+        from openrft.engine.ops.attention import use_grouped_attention
 
         use_grouped_attention(model)
     if model.generation_config.pad_token_id is None:

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN §3): config.json, metrics.jsonl, samples.jsonl, checkpoints/, adapter/.
+"""The run directory: config.json, metrics.jsonl, samples.jsonl, events.jsonl, checkpoints/, adapter/.
 
 Lines are appended and flushed per step, so a dashboard or `tail -f` sees them live. On resume,
 lines from steps after the checkpoint are dropped: those steps run again.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from openrft.config import RunConfig, dump_config
+from openrft.fsutil import write_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -33,6 +35,7 @@ class RunDir:
         self.adapter = self.path / "adapter"
         self.metrics_file = self.path / "metrics.jsonl"
         self.samples_file = self.path / "samples.jsonl"
+        self.events_file = self.path / "events.jsonl"
 
     def create(self, cfg: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -52,9 +55,13 @@ class RunDir:
     def log_samples(self, samples: list[dict[str, Any]]) -> None:
         self._append(self.samples_file, samples)
 
+    def log_event(self, event: str, *, step: int, **detail: Any) -> None:
+        """One event of the run (a kept best adapter, a health alert): {"step", "event", "at", ...}."""
+        self._append(self.events_file, [{"step": step, "event": event, "at": time.time(), **detail}])
+
     def truncate_after(self, step: int) -> None:
-        """Drop metric and sample lines of steps > `step` (and any torn last line)."""
-        for file in (self.metrics_file, self.samples_file):
+        """Drop metric, sample and event lines of steps > `step` (and any torn last line)."""
+        for file in (self.metrics_file, self.samples_file, self.events_file):
             if not file.exists():
                 continue
             kept = []
@@ -65,9 +72,7 @@ class RunDir:
                     continue
                 if int(row.get("step", 0)) <= step:
                     kept.append(line)
-            tmp = file.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-            os.replace(tmp, file)
+            write_atomic(file, "".join(k + "\n" for k in kept), durable=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():

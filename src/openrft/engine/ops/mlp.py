@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.forward_swap import swapped_forwards
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.ops.forward_swap import swapped_forwards
 
 MLP_TYPES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 SILU_TYPES = ("SiLU", "SiLUActivation")  # torch's and transformers' (both F.silu)

@@ -17,8 +17,13 @@ from typing import Any
 
 import torch
 
-from openrft.engine.decoder import LeanDecoder, lean_decoder_for
-from openrft.engine.logprobs import causal_lm
+from openrft.engine.rollout.decoder import LeanDecoder, lean_decoder_for
+
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The underlying *ForCausalLM (LoRA layers are injected in place, so they still apply)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
 
 
 def _lora_layers(policy: torch.nn.Module) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from openrft.engine import cpu_kernels
-from openrft.engine.allocator import huge_page_buffer
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.kernels.allocator import huge_page_buffer
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 KEY_BLOCK = 16  # key cache columns per block in the kernels' layout (one 16-float vector)
@@ -240,7 +240,7 @@ class LeanDecoder:
         self.device = self.embed.device
         if pack is None:  # oneDNN packing is a CPU layout; on GPUs the plain matmuls are used
             pack = self.device.type == "cpu" and _can_pack(self.dtype)
-        # the fused C++ kernels of the one-token step (cpu_kernels.py) on CPU in fp32/bf16; None ->
+        # the fused C++ kernels of the one-token step (kernels/loader.py) on CPU in fp32/bf16; None ->
         # the PyTorch ops below (the prefill always uses those)
         fits = self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
         self.ops = cpu_kernels.load() if fits and kernels is not False else None
@@ -254,7 +254,7 @@ class LeanDecoder:
             att, mlp = layer.self_attn, layer.mlp
             groups += [[att.q_proj, att.k_proj, att.v_proj], [att.o_proj], [mlp.gate_proj, mlp.up_proj]]
             groups += [[mlp.down_proj]]
-        # the kernel's packed weights, all in one buffer on huge pages (allocator.py says why)
+        # the kernel's packed weights, all in one buffer on huge pages (kernels/allocator.py says why)
         sizes = [_Linear.packed_bytes(g) if gemm is not None else 0 for g in groups]
         arena = huge_page_buffer(sum(sizes)) if sum(sizes) else None
         offsets = {id(g[0]): (sum(sizes[:i]), sizes[i]) for i, g in enumerate(groups)}

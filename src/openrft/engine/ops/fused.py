@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from openrft.engine.lora_fused import fused_lora
-from openrft.engine.mlp_fused import fused_mlp
-from openrft.engine.norm_fused import fused_rms_norm
+from openrft.engine.ops.lora import fused_lora
+from openrft.engine.ops.mlp import fused_mlp
+from openrft.engine.ops.norm import fused_rms_norm
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Users: LeanDecoder's one-token decode step and its bf16 matmuls (decoder.py; the matmul needs
 AVX512-BF16 and is absent elsewhere), the chunked head's softmax statistics (logprobs.py) and
-the training attention's masked softmax (attention.py). They are compiled with torch's
+the training attention's masked softmax (ops/attention.py). They are compiled with torch's
 cpp_extension (g++ and ninja, as DeepSpeed builds its CPU ops) the first time a
 process asks for them (~15 s here) and cached in torch's extension directory, keyed by the
 source, the compiler flags and this CPU's features. Where there is no compiler or the build
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-KERNELS = Path(__file__).resolve().parent / "kernels"
+KERNELS = Path(__file__).resolve().parent  # the C++ sources sit next to this loader
 SOURCES = [KERNELS / "cpu_ops.cpp", KERNELS / "bf16_gemm.cpp"]
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}

@@ -1,5 +1,5 @@
 """Swap the forward of chosen submodules for the duration of a block (the fused training ops
-of lora_fused.py, norm_fused.py and mlp_fused.py use it)."""
+of ops/lora.py, ops/norm.py and ops/mlp.py use it)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ not give cheaply: (1) each prompt is prefilled once and its KV cache shared by t
 of its group (generate would prefill it G times); (2) the log-prob of every sampled token
 under the temperature-scaled policy is kept, so `num_iterations > 1` needs no extra forward
 pass for the old policy; (3) rows that finished (EOS) leave the batch, so the decode step
-only pays for rows still writing. The forward itself is the lean decoder (engine/decoder.py)
+only pays for rows still writing. The forward itself is the lean decoder (rollout/decoder.py)
 for Llama-family models behind a RolloutModel, and plain transformers for everything else.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.decoder import LeanDecoder
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.rollout.decoder import LeanDecoder
 from openrft.types import RolloutBatch
 
 
@@ -237,3 +237,15 @@ def sample_groups(
         truncated=truncated.cpu(),
         group_size=group_size,
     )
+
+
+def decode_completions(tok: Any, batch: RolloutBatch, prefixes: list[str]) -> list[str]:
+    """Completion texts as reward functions see them: each row's assistant prefix + generated text.
+
+    `prefixes` holds one prefix per prompt (rows [g*G, (g+1)*G) share prompt g's)."""
+    out = []
+    for i, (ids, m) in enumerate(zip(batch.completion_ids, batch.completion_mask, strict=True)):
+        out.append(
+            prefixes[i // batch.group_size] + tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+        )
+    return out

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from openrft.engine import cpu_kernels
-from openrft.engine.forward_swap import swapped_forwards
+from openrft.engine.kernels import loader as cpu_kernels
+from openrft.engine.ops.forward_swap import swapped_forwards
 
 # the modules whose forward is exactly round(w * round(x * rsqrt(mean(x^2) + eps)))
 NORM_TYPES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from openrft.engine.forward_swap import swapped_forwards
+from openrft.engine.ops.forward_swap import swapped_forwards
 
 
 class _LoraLinear(torch.autograd.Function):

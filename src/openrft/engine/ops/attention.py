@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from openrft.engine import cpu_kernels
+from openrft.engine.kernels import loader as cpu_kernels
 
 NAME = "openrft_gqa"
 GROUPED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
