@@ -93,6 +93,8 @@ def chained_config(cfg: RunConfig, index: int, previous: Path | None) -> RunConf
 
 def train_stages(cfg: RunConfig, *, output_dir: str | Path | None, resume: bool, reporter: Reporter) -> Path:
     """Run every stage in order; returns `output_dir` (with the last stage's `adapter/`)."""
+    from openrft.engine.loop import TrainingStopped
+
     root = Path(output_dir or cfg.output_dir)
     if not resume and (root / "stages.json").exists():
         raise ConfigError(
@@ -111,16 +113,21 @@ def train_stages(cfg: RunConfig, *, output_dir: str | Path | None, resume: bool,
         else:
             reporter.message(f"stage {i + 1}/{len(cfg.stages)} {stage.name} ({stage.method})")
             t0 = time.perf_counter()
-            run_recipe(scfg, output_dir=run, resume=resume, reporter=reporter)
             spent = record.get(stage.name, {}).get("wall_time_s", 0.0) if resume else 0.0
-            record[stage.name] = {
+            entry = {
                 "index": i,
                 "method": stage.method,
                 "max_steps": scfg.max_steps,
                 "run_dir": str(run),
                 "init_adapter": scfg.lora.init_adapter,
-                "wall_time_s": spent + time.perf_counter() - t0,
             }
+            try:
+                run_recipe(scfg, output_dir=run, resume=resume, reporter=reporter)
+            except TrainingStopped:  # a stopped stage keeps the time it spent, for the next session
+                record[stage.name] = {**entry, "wall_time_s": spent + time.perf_counter() - t0}
+                write_json_atomic(root / "stages.json", record)
+                raise
+            record[stage.name] = {**entry, "wall_time_s": spent + time.perf_counter() - t0}
             write_json_atomic(root / "stages.json", record)
             done = final_artifact(run)
         previous = done
