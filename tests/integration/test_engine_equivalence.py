@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from openrft.engine.kernels import loader as cpu_kernels
-from openrft.engine.kernels import logprobs
+from openrft.engine import logprobs
 from openrft.engine.logprobs import (
     causal_lm,
     chunked_linear_logps,

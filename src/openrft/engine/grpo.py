@@ -81,7 +81,7 @@ def update_policy(
     sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0, "ent_n": 0.0, "tok": 0.0}
     grad_norm = 0.0
     model.train()
-    with fused_layers(model):  # one op per LoRA layer and per norm (fused.py)
+    with fused_layers(model):  # one op per LoRA layer, norm and MLP (ops/fused.py)
         for it in range(g.num_iterations):
             for start in range(0, len(rows), cfg.optim.micro_batch_size):
                 idx = rows[start : start + cfg.optim.micro_batch_size]

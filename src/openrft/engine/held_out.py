@@ -130,12 +130,21 @@ class PeriodicEval:
     """Evaluates the held-out rows every `eval.every` steps (and at the last step) on the policy
     being trained; a no-op when `eval.every` is 0."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, policy: Policy, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run: RunDir,
+        policy: Policy,
+        reporter: Reporter,
+        sampler: RolloutModel | None = None,
+    ) -> None:
+        """`sampler`: the recipe's own sampling copy of the policy (GRPO's), reused so that no
+        second merged copy of the weights is held."""
         self.cfg, self.run, self.policy, self.reporter = cfg, run, policy, reporter
         self.every = cfg.eval.every
         self.prompts: list[PromptItem] = []
         self.rewards: RewardSet | None = None
-        self.sampler: RolloutModel | None = None
+        self.sampler = sampler
         self.best = float("-inf")
         if not self.every:
             return
@@ -146,10 +155,6 @@ class PeriodicEval:
         self.prompts = build_prompts(cfg, policy.tokenizer, rows, source)
         self.rewards = RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=1.0)
         self.best = self._best_so_far()
-
-    @classmethod
-    def create(cls, cfg: RunConfig, run: RunDir, policy: Policy, reporter: Reporter) -> PeriodicEval:
-        return cls(cfg, run, policy, reporter)
 
     def _best_so_far(self) -> float:
         """The best accuracy kept before (a resumed run keeps improving on it, not restarting)."""

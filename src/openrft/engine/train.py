@@ -64,7 +64,7 @@ def run_recipe(cfg: RunConfig, *, output_dir: str | Path | None, resume: bool, r
     recipe_module = importlib.import_module(RECIPES[cfg.method])
     recipe = recipe_module.setup(cfg, run, resume=resume, reporter=reporter)
     with closing(recipe):
-        evaluator = PeriodicEval.create(cfg, run, recipe.policy, reporter)
+        evaluator = PeriodicEval(cfg, run, recipe.policy, reporter, getattr(recipe, "sampler", None))
         with closing(evaluator):
             run_steps(cfg, run, recipe, reporter=reporter, after_step=evaluator.after_step)
     return run.path
