@@ -41,13 +41,14 @@ def _runs(runs: LocalRuns | None) -> LocalRuns:
 
 
 @router.get("")
-def list_local_runs(runs: Runs) -> dict[str, Any]:
+def list_local_runs(ctx: Ctx, runs: Runs) -> dict[str, Any]:
     """Every run directory under the runs dir, the most recently changed first: name, kind (run or
     chained, with its stages), method, base model, steps done / max_steps, last reward, modified
-    time and a status guessed from the files (finished, in_progress, stopped)."""
+    time and a status guessed from the files (finished, in_progress, stopped). `runs_dir` is the folder
+    as the operator named it."""
     if runs is None:
         return {"runs_dir": None, "data": []}
-    return {"runs_dir": str(runs.root), "data": runs.list()}
+    return {"runs_dir": str(ctx.settings.runs_dir), "data": runs.list()}
 
 
 @router.get("/{run_name}")

@@ -29,6 +29,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Children for replaceChildren, which (unlike el) would show a null as the text "null".
+function present(...children) {
+  return children.flat().filter((c) => c !== null && c !== undefined);
+}
+
 function fmt(x, digits = 3) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
   return typeof x === "number" ? x.toFixed(digits) : String(x);
@@ -162,7 +167,7 @@ async function showRuns(token) {
       el("td", {}, when(r.created_at)),
       el("td", { class: "error" }, r.error || ""));
   });
-  main.replaceChildren(
+  main.replaceChildren(...present(
     el("h1", {}, "Runs"),
     el("div", { class: "row" }, compareBtn, el("span", { class: "muted" }, `${data.length} runs; the list refreshes itself`)),
     el("table", { id: "runs-table" },
@@ -170,7 +175,7 @@ async function showRuns(token) {
       el("tbody", {}, rows)),
     data.length ? null : el("p", { class: "muted" }, "No runs yet: create a job with the SDK (client.finetune) or POST /v1/jobs."),
     local ? localRunsSection(local) : null,
-  );
+  ));
   poll(() => token === nav && showRuns(token), 3000);
 }
 
@@ -338,14 +343,15 @@ function drawMetricCharts(steps, series) {
   keys.sort((a, b) => Number(!a.startsWith("eval/")) - Number(!b.startsWith("eval/")));
   document.getElementById("metrics-title").hidden = keys.length === 0;
   const charts = new Map([...box.children].map((d) => [d.dataset.metric, d]));
-  keys.forEach((key, i) => {
-    let div = charts.get(key);
-    if (!div) {
-      div = el("div", { class: "chart small", "data-metric": key });
-      box.append(div);
+  for (const key of keys) {  // every chart's place first: one drawn before the grid fills up would keep its width
+    if (!charts.has(key)) {
+      charts.set(key, el("div", { class: "chart small", "data-metric": key }));
+      box.append(charts.get(key));
     }
+  }
+  keys.forEach((key, i) => {
     const trace = { ...lineTrace(key, steps, series[key], COLORS[i % COLORS.length]), connectgaps: true };
-    draw(div, key, [trace]);
+    draw(charts.get(key), key, [trace]);
   });
 }
 
@@ -394,7 +400,7 @@ async function showLocalRun(name, stage, token) {
     run.stages.map((s) => s.name === stage ? el("strong", {}, s.name)
       : s.status === "pending" ? el("span", { class: "muted" }, `${s.name} (pending)`)
       : el("a", { href: localHref(name, s.name) }, s.name))) : null;
-  main.replaceChildren(
+  main.replaceChildren(...present(
     el("h1", {}, run.stages ? `${name} / ${stage}` : name, " ", el("span", { class: `badge ${shown.status}`, id: "run-status" }, shown.status)),
     el("div", { class: "row muted" },
       el("span", { id: "run-step" }, `step ${shown.step} / ${shown.max_steps ?? "?"}`),
@@ -406,7 +412,7 @@ async function showLocalRun(name, stage, token) {
     el("h2", {}, "Events"),
     el("pre", { class: "log", id: "events" }),
     el("details", { id: "config-details" }, el("summary", {}, "Config"), el("pre", { class: "log", id: "config" })),
-  );
+  ));
   const state = { token, base, params: stage ? { stage } : {}, stepsSeen: -1, name, stage };
   watchBrowser(state);
   const config = await api(runUrl(state, "config"));
