@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import textwrap
 import time
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from openrft.cli.main import app as cli_app
+from openrft.cli.server import app as server_cli
 from openrft.cli.server import default_runs_dir
 from openrft.server import ServerSettings, create_app
 from openrft.server.background import serve_in_background
@@ -318,6 +320,11 @@ def test_openrft_server_takes_runs_of_the_working_directory_when_it_exists(
     assert default_runs_dir() == Path("runs")
     with pytest.raises(ValidationError, match=r"--runs-dir '.*nothing' is not a directory"):
         ServerSettings(runs_dir=tmp_path / "nothing")
+    result = CliRunner().invoke(server_cli, ["--runs-dir", str(tmp_path / "nothing"), "--data-dir", "data"])
+    assert result.exit_code == 2 and "is not a directory" in re.sub(r"[\s│]+", " ", result.output), (
+        result.output
+    )
+    assert not (tmp_path / "data").exists()  # refused before anything starts
 
 
 # -- a real run -------------------------------------------------------------------------------------
