@@ -333,7 +333,7 @@ def test_openrft_server_takes_runs_of_the_working_directory_when_it_exists(
 def test_a_run_trained_with_openrft_train_is_listed_finished_with_its_charts_and_completions(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    rows = [{"prompt": f"say {w}"} for w in ("apple", "banana", "cat", "dog")]
+    rows = [{"prompt": f"say {w}"} for w in ("apple", "banana", "cat", "dog", "egg", "fig")]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "rewards.py").write_text(
         "def count_a(prompt, completion, example):\n    return completion.count('a')\n"
@@ -344,11 +344,13 @@ def test_a_run_trained_with_openrft_train_is_listed_finished_with_its_charts_and
             """\
             model: {name: tiny-random-llama, dtype: float32, threads: 1}
             lora: {r: 4, alpha: 8}
-            data: {train: data.jsonl}
+            data: {train: data.jsonl, eval_fraction: 0.34}
             grpo: {num_generations: 2, prompts_per_step: 2, max_new_tokens: 6}
             rewards:
               - {name: a, function: rewards.py:count_a}
+            eval: {every: 2, max_rows: 2, keep_best: true}
             max_steps: 2
+            save_every: 0
             """
         )
     )
@@ -364,6 +366,11 @@ def test_a_run_trained_with_openrft_train_is_listed_finished_with_its_charts_and
         curves = _get(client, "/v1/local-runs/tiny/curves")
         assert curves["step"] == [1, 2] and list(curves["rewards"]) == ["a"]
         assert all(v is not None for v in curves["reward"]["mean"] + curves["loss"])
+        assert (
+            curves["series"]["eval/accuracy"][0] is None and curves["series"]["eval/accuracy"][1] is not None
+        )
+        events = _get(client, "/v1/local-runs/tiny/events")["data"]
+        assert [(e["step"], e["event"]) for e in events] == [(2, "best_adapter")]
         samples = _get(client, "/v1/local-runs/tiny/samples?step=1")
         assert len(samples["groups"]) == 2 and all(len(g["completions"]) == 2 for g in samples["groups"])
 
