@@ -35,6 +35,7 @@ from openrft.server.store import Store, dataset_id
 
 ADMIN_KEY = "admin-key-for-accounts-tests"
 REWARD = "def mine(prompt, completion, example):\n    return 0.5\n"
+LOCAL_RUN = "trained-locally"
 _counter = itertools.count()
 
 
@@ -74,7 +75,12 @@ class Server:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.app = create_app(ServerSettings(data_dir=data_dir, api_key=ADMIN_KEY, max_concurrent_jobs=0))
+        runs_dir = data_dir.parent / "local-runs"  # the operator's `openrft train` runs: the admin's only
+        (runs_dir / LOCAL_RUN).mkdir(parents=True)
+        (runs_dir / LOCAL_RUN / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+        self.app = create_app(
+            ServerSettings(data_dir=data_dir, api_key=ADMIN_KEY, max_concurrent_jobs=0, runs_dir=runs_dir)
+        )
         self.http = TestClient(self.app)
 
     def request(self, key: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -134,6 +140,7 @@ def _path(template: str, world: World, key_id: str) -> str:
         "name": world.reward,
         "version": "1",
         "key_id": key_id,
+        "run_name": LOCAL_RUN,
     }
     unknown = set(re.findall(r"\{([^}]+)\}", template)) - set(values)
     assert not unknown, f"{template}: say in _path which resource the parameters {unknown} name"
@@ -191,6 +198,15 @@ def test_every_route_answers_each_credential_as_it_should(server: Server) -> Non
                 assert resp.status_code == 403, (method, template, resp.status_code, resp.text)
             resp = server.request(ADMIN_KEY, method, url, **_body(method, template, alice))
             assert resp.status_code in (200, 201), (method, template, resp.text)
+        elif template.startswith("/v1/local-runs"):
+            # the server's --runs-dir is the operator's: a user's key finds nothing there (404)
+            for key in (alice_key, bob_key):
+                resp = server.request(key, method, url)
+                assert resp.status_code == 404, (method, template, resp.status_code, resp.text)
+                assert resp.json()["error"]["code"] == "not_found"
+            resp = server.request(ADMIN_KEY, method, url)
+            assert resp.status_code == 200, (method, template, resp.status_code, resp.text)
+            assert "{" in template or LOCAL_RUN in resp.text, (method, template, resp.text)
         elif "{" in template:
             # another user's resource: 404, exactly as if it did not exist, and nothing changes
             resp = server.request(bob_key, method, url, **_body(method, template, bob))

@@ -1,6 +1,7 @@
 """`openrft server`: run the API server, job worker and dashboard; `openrft server keys`: users' keys.
 
 openrft server --host 127.0.0.1 --port 8000 --data-dir openrft-data
+openrft server --runs-dir runs          # also show the runs `openrft train` wrote there (read-only)
 openrft server keys create --user alice --data-dir openrft-data    # prints alice's key, once
 openrft server keys list --data-dir openrft-data
 openrft server keys revoke key-0123456789ab --data-dir openrft-data
@@ -59,6 +60,14 @@ def serve(
             "repeatable. None = rewards get no network.",
         ),
     ] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--runs-dir",
+            help="A folder of run directories written by `openrft train`, shown read-only in the dashboard "
+            "(admin key only). Default: runs/ of the working directory when it exists.",
+        ),
+    ] = None,
     trust_reward_code: Annotated[
         bool,
         typer.Option(
@@ -87,6 +96,7 @@ def serve(
             allow_reward_env=allow_reward_env or [],
             allow_reward_hosts=allow_reward_host or [],
             trust_reward_code=trust_reward_code,
+            runs_dir=runs_dir if runs_dir is not None else default_runs_dir(),
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None
@@ -102,11 +112,18 @@ def serve(
         console.print("[bold]admin API key:[/] from $OPENRFT_API_KEY")
     console.print(f"users' keys: openrft server keys create --user NAME --data-dir {settings.data_dir}")
     _say_sandbox()
+    if settings.runs_dir is not None:
+        console.print(f"local runs (read-only, admin key): {settings.runs_dir.resolve()}")
     console.print(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **uvicorn_limits()
     )
+
+
+def default_runs_dir() -> Path | None:
+    """runs/ of the working directory (where `openrft train` writes by default) when it exists."""
+    return Path("runs") if Path("runs").is_dir() else None
 
 
 def _say_sandbox() -> None:

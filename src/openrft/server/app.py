@@ -32,6 +32,7 @@ from openrft.server.deps import AppContext, documented_auth
 from openrft.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from openrft.server.policy import RewardCodeRefused, RewardPolicy
 from openrft.server.routes import adapters, datasets, jobs, keys, meta, rewards, runs
+from openrft.server.routes import local_runs as local_runs_routes
 from openrft.server.runs import SampleIndex
 from openrft.server.settings import ServerSettings
 from openrft.server.store import Store
@@ -105,6 +106,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     auth = [Depends(documented_auth)]
     for module in (datasets, rewards, jobs, runs, adapters, keys):
         app.include_router(module.router, dependencies=auth)
+    app.include_router(local_runs_routes.router, dependencies=auth)
     app.include_router(meta.private, dependencies=auth)
     app.mount("/static", StaticFiles(directory=meta.STATIC_DIR), name="static")
 

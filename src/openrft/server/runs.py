@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
-def read_metrics(run_dir: str | Path, since: int = 0) -> list[dict[str, Any]]:
-    """Metric rows with step > `since`, in step order (a torn last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, in order; a torn last line (being written), a line
+    that is not JSON or not an object are skipped; a missing file has none."""
     if not path.is_file():
         return []
     rows = []
@@ -28,11 +28,28 @@ def read_metrics(run_dir: str | Path, since: int = 0) -> list[dict[str, Any]]:
                 break
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
-            if int(row.get("step", 0)) > since:
+            if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def read_metrics(run_dir: str | Path, since: int = 0) -> list[dict[str, Any]]:
+    """Metric rows with step > `since`, in step order (a torn last line is skipped)."""
+    return [row for row in read_jsonl(Path(run_dir) / "metrics.jsonl") if _step(row) > since]
+
+
+def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of the run's `events.jsonl` (what happened during training, one object a line)."""
+    return read_jsonl(Path(run_dir) / "events.jsonl")
+
+
+def _step(row: dict[str, Any]) -> int:
+    try:
+        return int(row.get("step", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
@@ -47,8 +64,9 @@ def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
 
 def curves(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Series for charts: {"step": [...], "reward": {"mean": [...], "std": [...]},
-    "rewards": {name: {"mean", "std", "errors"}}, "kl", "loss", "length", ...}. Missing values are None."""
-    steps = [int(r["step"]) for r in metrics]
+    "rewards": {name: {"mean", "std", "errors"}}, "kl", "loss", "length", ...}, and "series": every
+    numeric metric by its name (eval/..., lr, ...), in first-seen order. Missing values are None."""
+    steps = [_step(r) for r in metrics]
 
     def col(key: str) -> list[Any]:
         return [r.get(key) for r in metrics]
@@ -74,7 +92,18 @@ def curves(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         ("step_time", "step_time"),
     ):
         out[name] = col(key)
+    out["series"] = {key: col(key) for key in numeric_keys(metrics)}
     return out
+
+
+def numeric_keys(metrics: list[dict[str, Any]]) -> list[str]:
+    """Names of the metrics that have a number in some row (not `step`), in first-seen order."""
+    keys: dict[str, None] = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                keys[key] = None
+    return list(keys)
 
 
 @dataclass
@@ -158,6 +187,20 @@ def group_samples(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {k: row.get(k) for k in ("completion", "rewards", "reward", "advantage", "length", "truncated")}
         )
     return [groups[g] for g in sorted(groups)]
+
+
+def sample_page(
+    index: SampleIndex, run_dir: str | Path, step: int | None, group: int | None
+) -> dict[str, Any]:
+    """One step's completions grouped by prompt (default: the latest step with samples), optionally
+    one prompt group: {"step", "steps", "groups"}."""
+    steps = index.steps(run_dir)
+    if step is None:
+        step = max(steps) if steps else 0
+    groups = group_samples(index.samples(run_dir, step))
+    if group is not None:
+        groups = [g for g in groups if g["group"] == group]
+    return {"step": step, "steps": list(steps), "groups": groups}
 
 
 def last_metrics(run_dir: str | Path) -> dict[str, Any] | None:

@@ -56,6 +56,11 @@ class ServerSettings(BaseModel):
         description="Environment variables a job's reward spec may ask for (`env`, `api_key_env`, "
         "`auth_env`); they reach the job's training process and the workers of the specs naming them.",
     )
+    runs_dir: Path | None = Field(
+        None,
+        description="A folder of run directories written by `openrft train` (e.g. `runs/`), listed read-only "
+        "for the admin key beside the jobs (see openrft.server.local_runs); None = none.",
+    )
     allow_reward_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts reward functions may reach: names, '*.domain', IPs, CIDRs, or '*' for any "
@@ -68,6 +73,15 @@ class ServerSettings(BaseModel):
         for name in value:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or name == "OPENRFT_API_KEY":
                 raise ValueError(f"allow_reward_env: {name!r} is not a variable a reward may be given")
+        return value
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _check_runs_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(
+                f"--runs-dir {str(value)!r} is not a directory; pass the folder `openrft train` wrote runs in"
+            )
         return value
 
     @field_validator("allow_reward_hosts")

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from openrft.server import services
 from openrft.server.deps import Ctx, CurrentCaller
 from openrft.server.routes.jobs import public_job
-from openrft.server.runs import curves, group_samples, read_metrics
+from openrft.server.runs import curves, read_metrics, sample_page
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -63,10 +63,4 @@ def run_samples(
 ) -> dict[str, Any]:
     """Completions of one step grouped by prompt: each with its rewards, total and advantage."""
     job = services.require_job(ctx.store, caller, run_id)
-    steps = ctx.samples.steps(job["run_dir"])
-    if step is None:
-        step = max(steps) if steps else 0
-    groups = group_samples(ctx.samples.samples(job["run_dir"], step))
-    if group is not None:
-        groups = [g for g in groups if g["group"] == group]
-    return {"step": step, "steps": list(steps), "groups": groups}
+    return sample_page(ctx.samples, job["run_dir"], step, group)
