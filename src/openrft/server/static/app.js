@@ -318,11 +318,26 @@ async function refreshBody(state) {
   return !stale();
 }
 
+// A held-out curve (eval.every) drawn over the training curve it matches: dashed, points only where evaluated.
+function heldOutTrace(name, steps, values, color) {
+  return { x: steps, y: values, mode: "lines+markers", name: name, connectgaps: true,
+    line: { color: color, width: 2, dash: "dash" }, marker: { size: 7, symbol: "diamond" } };
+}
+
 function drawRunCharts(c) {
   const s = c.step;
-  draw("chart-reward", "Total reward (mean ± std within groups)", bandTraces("reward", s, c.reward.mean, c.reward.std, COLORS[0]), "reward");
-  const per = Object.entries(c.rewards).flatMap(([name, r], i) => bandTraces(name, s, r.mean, r.std, COLORS[(i + 1) % COLORS.length]));
-  draw("chart-rewards", "Each reward function (mean ± std)", per, "reward");
+  const series = c.series || {};
+  const reward = bandTraces("reward", s, c.reward.mean, c.reward.std, COLORS[0]);
+  if (series["eval/reward"]) reward.push(heldOutTrace("held-out reward", s, series["eval/reward"], COLORS[0]));
+  draw("chart-reward", "Total reward (mean ± std within groups; dashed: held-out)", reward, "reward");
+  const per = Object.entries(c.rewards).flatMap(([name, r], i) => {
+    const color = COLORS[(i + 1) % COLORS.length];
+    const traces = bandTraces(name, s, r.mean, r.std, color);
+    const held = series[`eval/rewards/${name}/mean`];
+    if (held) traces.push(heldOutTrace(`${name} (held-out)`, s, held, color));
+    return traces;
+  });
+  draw("chart-rewards", "Each reward function (mean ± std; dashed: held-out)", per, "reward");
   draw("chart-kl", "KL to the base model", [lineTrace("kl", s, c.kl, COLORS[3])]);
   draw("chart-length", "Completion length (tokens)", [lineTrace("mean length", s, c.length, COLORS[4])]);
   draw("chart-loss", "Loss", [lineTrace("loss", s, c.loss, COLORS[5])]);
