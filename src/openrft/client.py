@@ -21,6 +21,13 @@
     job.wait()
     client.adapters.download(job, "my-adapter/")
 
+A YAML config runs on the server as it runs with the CLI (any method, or stages), and a comparison
+runs as a job too::
+
+    job = client.jobs.submit("examples/countdown_sft.yaml", ["max_steps=20"])
+    report = client.jobs.submit("examples/countdown_compare.yaml", kind="compare")
+    report.wait().download_report("compare-report/")   # report.md, report.json, accuracy.png
+
 Reward functions given as Python callables are shipped as source (`inspect.getsource`), with the
 imports and constant globals they use (`function_source`); the function's name is recorded as the
 one to call. A string is a built-in name (`countdown.format`) or a registered `reward:<name>[@N]`.
@@ -170,6 +177,11 @@ class Job:
     def status(self) -> str:
         return self.data["status"]
 
+    @property
+    def kind(self) -> str:
+        """'train' (`openrft train` of its config) or 'compare' (`openrft compare`)."""
+        return self.data.get("kind", "train")
+
     def refresh(self) -> Job:
         self.data = self.client._request("GET", f"/v1/jobs/{self.id}")
         return self
@@ -234,7 +246,21 @@ class Job:
         return self
 
     def download_adapter(self, dest: str | Path) -> Path:
+        """Download the job's final adapter (after full fine-tuning: its model) into `dest`."""
         return self.client.adapters.download(self, dest)
+
+    def reports(self) -> list[dict[str, Any]]:
+        """A comparison job's report files so far: [{name, media_type, bytes, sha256}]."""
+        return self.client._request("GET", f"/v1/jobs/{self.id}/reports")["data"]
+
+    def download_report(self, dest: str | Path) -> Path:
+        """Download a comparison job's report files (report.md, report.json, accuracy.png) into
+        `dest`, checking each file's sha256; returns `dest`."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in self.reports():
+            self.client._download(f"/v1/jobs/{self.id}/reports/{f['name']}", dest, f["name"], f["sha256"])
+        return dest
 
 
 class _Datasets:
@@ -316,9 +342,16 @@ class _Jobs:
         self.client = client
 
     def create(
-        self, config: dict[str, Any], name: str | None = None, trackers: list[str] | None = None
+        self,
+        config: dict[str, Any],
+        name: str | None = None,
+        trackers: list[str] | None = None,
+        kind: str = "train",
     ) -> Job:
-        body = {"config": config, "name": name, "trackers": trackers or []}
+        """Queue a job for a config whose data and rewards name stored resources. `kind`: 'train'
+        (GRPO, SFT, DPO or stages, as the config says) or 'compare' (base vs SFT vs RFT vs
+        SFT-then-RFT, as its `compare` section says; `Job.download_report` gets the report)."""
+        body = {"config": config, "name": name, "trackers": trackers or [], "kind": kind}
         return Job(self.client, self.client._request("POST", "/v1/jobs", json=body))
 
     def get(self, job_id: str) -> Job:
@@ -330,10 +363,12 @@ class _Jobs:
         overrides: list[str] | None = None,
         name: str | None = None,
         trackers: list[str] | None = None,
+        kind: str = "train",
     ) -> Job:
-        """Run a local YAML config (as for `openrft train`) on the server: its data files are
-        uploaded, its `file.py:function` rewards registered under their names, and the job created.
-        `overrides` are `--set` strings ('grpo.temperature=0.9')."""
+        """Run a local YAML config on the server as `openrft train` runs it (any method, or stages),
+        or as `openrft compare` does with kind='compare': its data files are uploaded, its
+        `file.py:function` rewards registered under their names, and the job created. `overrides`
+        are `--set` strings ('grpo.temperature=0.9')."""
         import yaml
 
         from openrft.config import apply_overrides
@@ -345,17 +380,20 @@ class _Jobs:
         apply_overrides(raw, list(overrides or []))
         raw.pop("output_dir", None)
         data = raw.get("data") or {}
+        uploaded: dict[Path, str] = {}
         for key in ("train", "eval"):
             value = data.get(key)
-            local = path.parent / str(value) if value else None
+            local = (path.parent / str(value)).resolve() if value else None
             if local is not None and local.is_file():
-                data[key] = self.client.datasets.upload(local).id
+                if local not in uploaded:
+                    uploaded[local] = self.client.datasets.upload(local).id
+                data[key] = uploaded[local]
         for spec in raw.get("rewards") or []:
             target, sep, func = str(spec.get("function", "")).rpartition(":")
             if sep and target.endswith(".py"):
                 source = (path.parent / target).read_text(encoding="utf-8")
                 spec["function"] = self.client.rewards.create(spec["name"], source, function=func).ref
-        return self.create(raw, name=name or path.stem, trackers=trackers)
+        return self.create(raw, name=name or path.stem, trackers=trackers, kind=kind)
 
     def list(self, status: str | None = None) -> list[Job]:
         params = {"status": status} if status else {}
@@ -376,20 +414,9 @@ class _Adapters:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for f in info["files"]:
-            target = dest / f["name"]
-            tmp = target.with_name(target.name + ".part")
-            digest = hashlib.sha256()
-            url = f"/v1/adapters/{adapter_id}/files/{f['name']}"
-            with self.client._http.stream("GET", url) as resp:
-                _check(resp, read=True)
-                with tmp.open("wb") as out:
-                    for chunk in resp.iter_bytes():
-                        digest.update(chunk)
-                        out.write(chunk)
-            if digest.hexdigest() != f["sha256"]:
-                tmp.unlink(missing_ok=True)
-                raise APIError(500, f"{f['name']}: sha256 mismatch after download; try again")
-            os.replace(tmp, target)
+            self.client._download(
+                f"/v1/adapters/{adapter_id}/files/{f['name']}", dest, f["name"], f["sha256"]
+            )
         return dest
 
     def delete(self, job_or_id: Job | str) -> None:
@@ -472,6 +499,24 @@ class Client:
         resp = self._http.request(method, path, **kwargs)
         _check(resp)
         return resp.json()
+
+    def _download(self, url: str, dest: Path, name: str, sha256: str) -> None:
+        """Stream `url` into the file `name` of `dest` (via a .part file), checking its sha256."""
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise APIError(500, f"the server named a file {name!r}; refusing to write it")
+        target = dest / name
+        tmp = target.with_name(name + ".part")
+        digest = hashlib.sha256()
+        with self._http.stream("GET", url) as resp:
+            _check(resp, read=True)
+            with tmp.open("wb") as out:
+                for chunk in resp.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise APIError(500, f"{target.name}: sha256 mismatch after download; try again")
+        os.replace(tmp, target)
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")

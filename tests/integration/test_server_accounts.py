@@ -107,6 +107,9 @@ class Server:
         adapter.mkdir(parents=True)
         (adapter / "adapter_config.json").write_text('{"r": 8}')
         (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+        report = self.data_dir / "runs" / job.json()["id"] / "compare" / "report.md"
+        report.parent.mkdir(parents=True)
+        report.write_text("# comparison\n")
         return World(key, f"r-{tag}", up.json()["id"], up.json()["sha256"], job.json()["id"])
 
 
@@ -136,7 +139,7 @@ def _path(template: str, world: World, key_id: str) -> str:
         "job_id": world.job_id,
         "run_id": world.job_id,
         "adapter_id": world.job_id,
-        "filename": "adapter_config.json",
+        "filename": "report.md" if template.startswith("/v1/jobs") else "adapter_config.json",
         "name": world.reward,
         "version": "1",
         "key_id": key_id,

@@ -68,6 +68,15 @@ def serve(
             "(admin key only). Default: runs/ of the working directory when it exists.",
         ),
     ] = None,
+    stop_grace: Annotated[
+        float,
+        typer.Option(
+            "--stop-grace",
+            metavar="SECONDS",
+            help="After a pause, cancel or server shutdown, the time a job has to finish its current step "
+            "and write a checkpoint before it is killed.",
+        ),
+    ] = 600.0,
     trust_reward_code: Annotated[
         bool,
         typer.Option(
@@ -97,6 +106,7 @@ def serve(
             allow_reward_hosts=allow_reward_host or [],
             trust_reward_code=trust_reward_code,
             runs_dir=runs_dir if runs_dir is not None else default_runs_dir(),
+            cancel_grace_s=stop_grace,
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None

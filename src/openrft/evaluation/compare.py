@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ from openrft.stats import bootstrap_ci, mean
 from openrft.tracking.progress import NullReporter, Reporter
 
 METHODS: tuple[str, ...] = ("sft", "rft", "sft_rft")
+
+
+class CompareStopped(Exception):
+    """The comparison stopped between two cells because `should_stop` said so; rerun to resume."""
+
+    def __init__(self, out: Path, done: int) -> None:
+        super().__init__(f"stopped after {done} finished cells; the rest run when the comparison resumes")
+        self.out, self.done = out, done
 
 
 # =============================================================================================
@@ -314,9 +323,11 @@ def compare(
     methods: list[str] | None = None,
     reporter: Reporter | None = None,
     command: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the comparison; write report.json, report.md and accuracy.png into
-    `output` and return the report."""
+    `output` and return the report. `should_stop` is asked before each cell (a paused job): True
+    raises `CompareStopped` (a training in progress stops by itself after a step, with a checkpoint)."""
     reporter = reporter or NullReporter()
     sizes = sorted(set(train_sizes or cfg.compare.train_sizes))
     chosen = list(methods or cfg.compare.methods)
@@ -328,7 +339,11 @@ def compare(
     out = Path(output)
     t0 = time.perf_counter()
     plan = prepare(cfg, out, sizes)
-    results = [run_cell(cfg, plan, cell, reporter) for cell in cells(sizes, chosen)]
+    results: list[dict[str, Any]] = []
+    for cell in cells(sizes, chosen):
+        if should_stop is not None and should_stop():
+            raise CompareStopped(out, len(results))
+        results.append(run_cell(cfg, plan, cell, reporter))
     report = build_report(
         cfg,
         results,

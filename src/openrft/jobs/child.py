@@ -1,15 +1,22 @@
-"""The training process of one job: `python -m openrft.jobs.child JOB_JSON`.
+"""The process of one job: `python -m openrft.jobs.child JOB_JSON`.
 
-JOB_JSON holds {"config": <resolved RunConfig>, "run_dir": ..., "trackers": [...]}. The process
-calls the same `engine.train.train` as `openrft train`, always with resume=True (a first attempt finds no
-checkpoint and starts at step 0; a later one continues from the last complete checkpoint), logs
-one plain line per step to stdout (the job log), and writes `result.json` in the run directory:
-{"status": "succeeded"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
+JOB_JSON holds {"config": <resolved RunConfig>, "run_dir": ..., "trackers": [...], "kind": "train" or
+"compare", "stop_grace_s": ...}. A `train` job calls the same `openrft.engine.train.train` as
+`openrft train` (GRPO, SFT, DPO or chained stages), always with resume=True (a first attempt finds
+no checkpoint and starts at step 0; a later one continues from the last complete checkpoint). A
+`compare` job runs `openrft compare` with the config's `compare` section into `<run dir>/compare/`
+(resumable too: finished cells are reused). The process logs one plain line per step to stdout
+(the job log), and writes `result.json` in the run directory: {"status": "succeeded"},
+{"status": "stopped"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
 
-It runs in its own session (the worker's `start_new_session=True`), so the worker can stop it
-and everything it started with one signal to the group. SIGTERM becomes a clean exit (reward
-workers are shut down by their context managers). If its server dies, it stops by itself within
-a second: the job is re-queued and resumed by the next server, never run by two processes.
+Stopping is clean, as Ctrl-C is for `openrft train`: the first SIGTERM (a cancel, a pause, a
+server shutdown) asks the training loop to stop after the current step, which writes a checkpoint
+and raises `TrainingStopped`; the process then exits with 143 and the job resumes later with no
+step lost or repeated. A second SIGTERM stops at once (the steps since the last checkpoint run
+again on resume); the worker sends SIGKILL to the process group when the process has not exited
+`stop_grace_s` seconds after the first. If its server dies, the process stops cleanly by itself
+the same way (and exits at the latest `stop_grace_s` later): the job is re-queued and resumed by
+the next server, never run by two processes.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
+COMPARE_DIR = "compare"  # a compare job's output folder inside its run directory
+DEFAULT_STOP_GRACE_S = 600.0
 
 
 class Stopped(BaseException):
-    """Raised in the main thread by SIGTERM (a cancel, a pause, a server shutdown)."""
+    """Raised in the main thread by a second SIGTERM: stop now, without waiting for the step."""
 
 
 class LineReporter:
@@ -60,14 +69,34 @@ class LineReporter:
             sink.close()
 
 
-def _watch_parent(parent: int) -> None:
-    """Stop this process group when the server that started it is gone (we were re-parented)."""
+class StopOnSignal:
+    """SIGTERM handling: the first asks for a stop after the current step, the second stops now."""
+
+    def __init__(self) -> None:
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        from openrft.engine.loop import request_stop
+
+        self.signals += 1
+        if self.signals > 1:
+            raise Stopped()
+        request_stop()
+        print("stop requested: finishing the current step, then a checkpoint", flush=True)
+
+
+def _watch_parent(parent: int, grace_s: float) -> None:
+    """Stop cleanly when the server that started this process is gone (we were re-parented);
+    exit at the latest `grace_s` seconds later."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
-            print("server gone: stopping (the job resumes from its last checkpoint)", flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)
+            from openrft.engine.loop import request_stop
+
+            print("server gone: stopping after the current step (the job resumes from it)", flush=True)
+            request_stop()
+            time.sleep(grace_s)
+            print(f"server gone: still running after {grace_s:g} s; exiting now", flush=True)
             os._exit(3)
 
 
@@ -78,33 +107,54 @@ def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / RESULT)
 
 
+def _work(spec: dict[str, Any], run_dir: Path) -> str:
+    """Run the job; returns what it produced, for the log."""
+    from openrft.config import RunConfig
+    from openrft.engine.loop import stop_requested
+    from openrft.engine.train import final_artifact, train
+    from openrft.tracking.sinks import make_sinks
+
+    cfg = RunConfig.model_validate(spec["config"])
+    if spec.get("kind", "train") == "compare":
+        from openrft.evaluation.compare import compare
+
+        out = run_dir / COMPARE_DIR
+        command = f"comparison job {spec.get('job_id', '')} of an OpenRFT server"
+        compare(cfg, output=out, reporter=LineReporter(), command=command, should_stop=stop_requested)
+        return f"report written: {COMPARE_DIR}/report.md"
+    reporter = LineReporter(make_sinks(spec.get("trackers", []), run_dir, cfg))
+    run = train(cfg, output_dir=run_dir, resume=True, reporter=reporter)
+    return f"{final_artifact(run).name}/ written"
+
+
 def run(job_file: Path) -> int:
-    """Train the job described by `job_file`; the process exit code."""
+    """Run the job described by `job_file`; the process exit code."""
     spec = json.loads(job_file.read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
     (run_dir / RESULT).unlink(missing_ok=True)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise Stopped()
-
-    signal.signal(signal.SIGTERM, on_term)
-    parent = int(spec.get("parent_pid") or os.getppid())
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-    from openrft.config import RunConfig
+    from openrft.engine.loop import TrainingStopped, clear_stop
     from openrft.errors import UserError
+    from openrft.evaluation.compare import CompareStopped
+
+    clear_stop()
+    signal.signal(signal.SIGTERM, StopOnSignal())
+    parent = int(spec.get("parent_pid") or os.getppid())
+    grace = float(spec.get("stop_grace_s") or DEFAULT_STOP_GRACE_S)
+    threading.Thread(target=_watch_parent, args=(parent, grace), daemon=True).start()
 
     try:
-        from openrft.engine.train import train
-        from openrft.tracking.sinks import make_sinks
-
-        cfg = RunConfig.model_validate(spec["config"])
-        if cfg.method != "grpo":
-            raise UserError(f"method {cfg.method!r} is not available yet; use method: grpo")
-        reporter = LineReporter(make_sinks(spec.get("trackers", []), run_dir, cfg))
-        train(cfg, output_dir=run_dir, resume=True, reporter=reporter)
+        produced = _work(spec, run_dir)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", flush=True)
+        _write_result(run_dir, {"status": "stopped", "step": e.step})
+        return 143
+    except CompareStopped as e:
+        print(f"stopped: {e}", flush=True)
+        _write_result(run_dir, {"status": "stopped"})
+        return 143
     except Stopped:
-        print("stopped by signal", flush=True)
+        print("stopped by a second signal (steps since the last checkpoint run again on resume)", flush=True)
         _write_result(run_dir, {"status": "stopped"})
         return 143
     except UserError as e:
@@ -116,7 +166,7 @@ def run(job_file: Path) -> int:
         sys.stdout.flush()
         _write_result(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}", "user_error": False})
         return 1
-    print("done: adapter written", flush=True)
+    print(f"done: {produced}", flush=True)
     _write_result(run_dir, {"status": "succeeded"})
     return 0
 

@@ -56,11 +56,18 @@ def signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def signal_process(pid: int, sig: int) -> None:
+    """Send `sig` to the process `pid` alone (not its group); ignore a gone process."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
 def terminate_group(pid: int, started: str | None, grace_s: float) -> None:
-    """SIGTERM the group, wait up to `grace_s` for the leader to exit, then SIGKILL the group."""
+    """SIGTERM the group's leader (a training process then stops after its current step, with a
+    checkpoint), wait up to `grace_s` for it to exit, then SIGKILL the whole group."""
     if not alive(pid, started):
         return
-    signal_group(pid, signal.SIGTERM)
+    signal_process(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         _reap(pid)

@@ -33,6 +33,23 @@ from openrft.server.store import ADMIN, Store
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "paused")
+KINDS = ("train", "compare")  # what a job runs: `openrft train` or `openrft compare` on its config
+
+
+def method_label(config: dict[str, Any], kind: str = "train") -> str:
+    """What a job's `method` column shows: the config's method, its stages' ('sft+grpo'), or
+    'compare' for a comparison job."""
+    if kind == "compare":
+        return "compare"
+    stages = config.get("stages") or []
+    if stages:
+        return "+".join(str(stage.get("method")) for stage in stages)
+    return str(config.get("method", "grpo"))
+
+
+def job_kind(job: dict[str, Any]) -> str:
+    """'compare' for a comparison job (its `method` column says so), else 'train'."""
+    return "compare" if job.get("method") == "compare" else "train"
 
 
 def new_job_id() -> str:
@@ -55,8 +72,12 @@ def enqueue(
     dataset_id: str | None = None,
     job_id: str | None = None,
     owner: str = ADMIN,
+    kind: str = "train",
 ) -> dict[str, Any]:
-    """Add a queued job of `owner` whose run directory is `runs/<id>`."""
+    """Add a queued job of `owner` whose run directory is `runs/<id>`. Its `method` column is the
+    config's method, or 'compare' for a job of kind `compare`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; use one of {', '.join(KINDS)}")
     job_id = job_id or new_job_id()
     run_dir = store.runs_dir / job_id
     now = time.time()
@@ -68,7 +89,7 @@ def enqueue(
                 job_id,
                 name,
                 "queued",
-                config.get("method", "grpo"),
+                method_label(config, kind),
                 config.get("model", {}).get("name", ""),
                 dataset_id,
                 json.dumps(config),

@@ -5,13 +5,14 @@ Each tick (every `poll_interval_s`, or at once when woken) it
 2. collects finished training processes and records how they ended (one killed by a signal the
    server did not send, e.g. by the OOM killer, is retried from its last checkpoint:
    `queue.retry`),
-3. stops processes whose job was cancelled or paused (SIGTERM to the process group, SIGKILL
-   after the grace period),
+3. stops processes whose job was cancelled or paused: SIGTERM to the training process alone
+   (it finishes its current step and writes a checkpoint, `openrft.jobs.child`), SIGKILL to its
+   whole process group if it has not exited `stop_grace_s` seconds later,
 4. claims queued jobs while it has free slots (`max_concurrent` training jobs at once), and
 5. every 30 s, re-queues jobs left running by a worker that died (`queue.recover`).
 
-On `stop()` (server shutdown) the running jobs are stopped and put back in the queue: the next
-server resumes them from their last checkpoint.
+On `stop()` (server shutdown) the running jobs are stopped the same way and put back in the
+queue: the next server resumes them from their last checkpoint.
 
 A training process starts with a scrubbed environment (`job_environment`): the few variables
 the engine needs, the operator's `job_env`, the reward variables the operator allow-listed, and
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from openrft.jobs import procs, queue
-from openrft.jobs.child import RESULT
+from openrft.jobs.child import COMPARE_DIR, DEFAULT_STOP_GRACE_S, RESULT
 from openrft.rewards.pool import ISOLATION_ENV
 from openrft.rewards.url_guard import POLICY_ENV, NetworkPolicy
 from openrft.server.store import Store
@@ -100,7 +101,7 @@ class JobWorker:
         *,
         max_concurrent: int = 1,
         poll_interval_s: float = 0.5,
-        cancel_grace_s: float = 5.0,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         max_attempts: int = 3,
         env: dict[str, str] | None = None,
         reward_env: Sequence[str] = (),
@@ -110,7 +111,7 @@ class JobWorker:
         self.store = store
         self.max_concurrent = max_concurrent
         self.poll_interval_s = poll_interval_s
-        self.cancel_grace_s = cancel_grace_s
+        self.stop_grace_s = stop_grace_s  # after SIGTERM: time for a step and a checkpoint, then SIGKILL
         self.max_attempts = max_attempts
         self.env = env or {}
         self.reward_env = tuple(reward_env)  # allow-listed variables jobs' reward specs may name
@@ -129,7 +130,7 @@ class JobWorker:
     def start(self) -> None:
         """Recover jobs of dead workers, then start the polling thread."""
         recovered = queue.recover(
-            self.store, me=self.me, grace_s=self.cancel_grace_s, max_attempts=self.max_attempts
+            self.store, me=self.me, grace_s=self.stop_grace_s, max_attempts=self.max_attempts
         )
         if recovered:
             log.warning("re-queued interrupted jobs: %s", ", ".join(recovered))
@@ -150,13 +151,13 @@ class JobWorker:
             self._thread.join(timeout=30)
         with self._lock:
             for run in list(self.running.values()):
-                self._signal(run, signal.SIGTERM)
-            deadline = time.monotonic() + self.cancel_grace_s
+                self._stop_cleanly(run)
+            deadline = time.monotonic() + self.stop_grace_s
             for run in list(self.running.values()):
                 try:
                     run.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    self._signal(run, signal.SIGKILL)
+                    self._kill(run)
                     run.proc.wait()
                 job = self.store.get_job(run.job_id) or {}
                 status = {"cancel": "cancelled", "pause": "paused"}.get(job.get("requested") or "", "queued")
@@ -192,7 +193,7 @@ class JobWorker:
             self._spawn(job)
         if time.monotonic() - self._last_recover > 30:
             self._last_recover = time.monotonic()
-            queue.recover(self.store, me=self.me, grace_s=self.cancel_grace_s, max_attempts=self.max_attempts)
+            queue.recover(self.store, me=self.me, grace_s=self.stop_grace_s, max_attempts=self.max_attempts)
 
     def _handle_requests(self) -> None:
         if not self.running:
@@ -206,11 +207,17 @@ class JobWorker:
         for row in rows:
             run = self.running[row["id"]]
             if run.signalled_at is None:
-                log.info("job %s: %s requested, stopping pid %s", run.job_id, row["requested"], run.proc.pid)
-                self._signal(run, signal.SIGTERM)
+                log.info(
+                    "job %s: %s requested, stopping pid %s after its current step",
+                    *(run.job_id, row["requested"], run.proc.pid),
+                )
+                self._stop_cleanly(run)
                 run.signalled_at = now
-            elif not run.killed and now - run.signalled_at > self.cancel_grace_s:
-                self._signal(run, signal.SIGKILL)
+            elif not run.killed and now - run.signalled_at > self.stop_grace_s:
+                log.warning(
+                    "job %s: still running %g s after SIGTERM; SIGKILL", run.job_id, self.stop_grace_s
+                )
+                self._kill(run)
                 run.killed = True
 
     # -- processes --------------------------------------------------------------------------------
@@ -221,10 +228,12 @@ class JobWorker:
         job_file = run_dir / "job.json"
         spec = {
             "job_id": job["id"],
+            "kind": queue.job_kind(job),
             "config": job["config"],
             "run_dir": str(run_dir),
             "trackers": job["trackers"],
             "parent_pid": os.getpid(),
+            "stop_grace_s": self.stop_grace_s,
         }
         tmp = job_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
@@ -254,9 +263,16 @@ class JobWorker:
         self.running[job["id"]] = Running(job["id"], run_dir, proc, log_file)
         log.info("job %s: started pid %s (attempt %s)", job["id"], proc.pid, job["attempts"])
 
-    def _signal(self, run: Running, sig: int) -> None:
+    def _stop_cleanly(self, run: Running) -> None:
+        """SIGTERM to the training process alone: it stops after its current step, with a checkpoint
+        (its reward workers and other helpers keep running until then)."""
         if run.proc.poll() is None:
-            procs.signal_group(run.proc.pid, sig)
+            procs.signal_process(run.proc.pid, signal.SIGTERM)
+
+    def _kill(self, run: Running) -> None:
+        """SIGKILL to the training process's whole group."""
+        if run.proc.poll() is None:
+            procs.signal_group(run.proc.pid, signal.SIGKILL)
 
     def _close(self, run: Running) -> None:
         run.log_file.write(f"--- process exited with code {run.proc.returncode} ---\n".encode())
@@ -268,7 +284,8 @@ class JobWorker:
         self._close(run)
         job = self.store.get_job(run.job_id) or {}
         result = read_result(run.run_dir)
-        status, error = outcome(run.proc.returncode, result, job.get("requested"), run.run_dir)
+        kind = queue.job_kind(job) if job else "train"
+        status, error = outcome(run.proc.returncode, result, job.get("requested"), run.run_dir, kind)
         if status == "retry" and run.signalled_at is not None:
             status, error = "queued", None  # stopped for a pause that was taken back: not a crash
         if status == "retry":
@@ -285,19 +302,30 @@ def read_result(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def finished(run_dir: Path, kind: str = "train") -> bool:
+    """True if the run directory holds what a job of `kind` produces at the end: the final adapter
+    (or, after full fine-tuning, model), or a comparison's report."""
+    if kind == "compare":
+        return (run_dir / COMPARE_DIR / "report.md").is_file()
+    from openrft.engine.train import final_artifact
+
+    return final_artifact(run_dir).is_dir()
+
+
 def outcome(
-    returncode: int, result: dict[str, Any], requested: str | None, run_dir: Path
+    returncode: int, result: dict[str, Any], requested: str | None, run_dir: Path, kind: str = "train"
 ) -> tuple[str, str | None]:
     """(status, error) of a job from its process's exit code, result file and pending request.
 
-    The status is 'retry' (and the error its cause) when the process was killed by a signal that
-    the server did not send: the job then continues from its last checkpoint."""
+    A job that finished is `succeeded` even when a cancel or pause came during its last step. The
+    status is 'retry' (and the error its cause) when the process was killed by a signal that the
+    server did not send: the job then continues from its last checkpoint."""
+    if returncode == 0 and result.get("status") == "succeeded" and finished(run_dir, kind):
+        return "succeeded", None
     if requested == "cancel":
         return "cancelled", None
     if requested == "pause":
         return "paused", None
-    if returncode == 0 and result.get("status") == "succeeded" and (run_dir / "adapter").is_dir():
-        return "succeeded", None
     if result.get("status") == "failed":
         return "failed", str(result.get("error") or "training failed")
     cause = killed_cause(returncode, result)

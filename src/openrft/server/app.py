@@ -74,7 +74,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 store,
                 max_concurrent=settings.max_concurrent_jobs,
                 poll_interval_s=settings.poll_interval_s,
-                cancel_grace_s=settings.cancel_grace_s,
+                stop_grace_s=settings.cancel_grace_s,
                 max_attempts=settings.max_attempts,
                 env=settings.job_env,
                 reward_env=settings.allow_reward_env,

@@ -11,7 +11,9 @@ admin, who sees everything.
 
 References a job config may use (the server resolves them to files in the data dir):
 
-- `data.train` / `data.eval`: a dataset id (`ds-...`) or sha256 from `POST /v1/datasets`;
+- `data.train` / `data.eval`: a dataset id (`ds-...`) or sha256 from `POST /v1/datasets`; its rows
+  are checked for what the method needs (prompts; SFT targets; DPO `chosen`/`rejected`), for every
+  stage of a chained config and every method of a comparison;
 - `rewards[].function`: a built-in name (`countdown.format`), or `reward:<name>` (latest version)
   or `reward:<name>@<version>` for a function registered with `POST /v1/rewards`; the version is
   pinned when the job is created;
@@ -305,15 +307,16 @@ def resolve_job_config(
     run_dir: Path,
     model_dirs: Sequence[Path] = (),
     policy: RewardPolicy = RewardPolicy(),
+    kind: str = "train",
 ) -> tuple[dict[str, Any], str]:
     """Replace references (to the caller's resources) by data-dir paths, validate (rewards against
     the operator's `policy`; default: no secrets, no network), and return (resolved config,
     dataset id).
 
     `model_dirs`: the directories (besides the known model names) that `model.name` may name.
+    `kind`: 'train' (the config's method or stages) or 'compare' (`openrft compare` of the config).
     """
     from openrft.config import load_config
-    from openrft.data import validate_rows
     from openrft.rewards import check_function
 
     if not isinstance(config, dict):
@@ -338,25 +341,72 @@ def resolve_job_config(
         lora["init_adapter"] = resolve_adapter_ref(store, caller, str(lora["init_adapter"]))
     raw["output_dir"] = str(run_dir)
     cfg = load_config(None, None, **raw)
-    if cfg.method != "grpo":
-        raise ConfigError(f"method {cfg.method!r} is not available on the server yet; use method: grpo")
     check_server_paths(cfg, model_dirs)
+    runs = compare_configs(cfg, model_dirs) if kind == "compare" else recipe_configs(cfg)
     policy.check_config(cfg)
     loaded = read_stored_rows(cfg.data.train, train["name"])
     try:
-        validate_rows(
-            loaded.rows,
-            template=cfg.data.prompt_template,
-            system_prompt=cfg.data.system_prompt,
-            source=train["name"],
-            lines=loaded.lines,
-        )
+        for run in runs:
+            check_rows(run, loaded, train["name"])
     except DataError as e:
         e.args = (str(e).replace(str(cfg.data.train), train["name"]),)
         raise
-    for spec_ in cfg.rewards:
+    for spec_ in {s.name: s for run in runs for s in run.rewards}.values():
         check_function(spec_.function, kwargs=spec_.kwargs, name=spec_.name)
     return cfg.model_dump(mode="json"), train["id"]
+
+
+def recipe_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The configs a training job runs: the config itself, or each of its stages'."""
+    from openrft.config import stage_config
+
+    return [stage_config(cfg, i) for i in range(len(cfg.stages))] if cfg.stages else [cfg]
+
+
+def compare_configs(cfg: RunConfig, model_dirs: Sequence[Path]) -> list[RunConfig]:
+    """The configs a comparison job trains (one per method, `sft_rft` as its two stages), after
+    the checks `compare` itself makes first and `check_server_paths` on each (its overrides may not
+    swap the job's data, adapter, output, model or reward paths)."""
+    from openrft.evaluation.compare import METHODS, method_config
+
+    if not cfg.rewards:
+        raise ConfigError("config: a comparison needs `rewards` (every model is scored with them)")
+    if cfg.stages:
+        raise ConfigError("config: a comparison builds its own stages; remove `stages` from the config")
+    unknown = [m for m in cfg.compare.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"config: compare.methods {unknown}: choose from {', '.join(METHODS)}")
+    out = []
+    for method in cfg.compare.methods:
+        for run in recipe_configs(method_config(cfg, method)):
+            where = f"compare.{'sft' if run.method == 'sft' else 'rft'}_overrides ({method}): "
+            _check_derived(cfg, run, where, model_dirs)
+            out.append(run)
+    return out
+
+
+def check_rows(cfg: RunConfig, loaded: LoadedRows, name: str) -> None:
+    """The training rows as `cfg`'s recipe reads them, without a model: every row renders a prompt;
+    SFT rows have a target completion (a `completion` column or a `messages` chat, unless a built-in
+    writer such as `countdown.demonstration` writes the targets in the job); DPO rows `chosen` and
+    `rejected`. Errors name the file as `name`."""
+    from openrft.data import validate_rows
+    from openrft.engine.sft_data import implied_completion_fn, preference_texts, sft_rows
+
+    rows, lines = loaded.rows, loaded.lines
+    if cfg.method == "dpo":
+        preference_texts(rows, name, lines)
+    elif cfg.method == "sft" and implied_completion_fn(cfg) is None:
+        targets = sft_rows(cfg, rows, name, lines)
+        rows = [r.row for r in targets]
+        lines = [r.line for r in targets] if lines is not None else None
+    validate_rows(
+        rows,
+        template=cfg.data.prompt_template,
+        system_prompt=cfg.data.system_prompt,
+        source=name,
+        lines=lines,
+    )
 
 
 def require_dataset_ref(store: Store, caller: Caller, ref: str, where: str) -> dict[str, Any]:
@@ -412,20 +462,24 @@ def check_server_paths(cfg: RunConfig, model_dirs: Sequence[Path]) -> None:
     from openrft.config import stage_config
 
     cfg.model.name = _check_run_paths(cfg, "", model_dirs)
-    functions = {r.function for r in cfg.rewards}
     for i in range(len(cfg.stages)):
-        where = f"stages[{i}].overrides"
-        stage = stage_config(cfg, i)
-        _check_run_paths(stage, f"{where}: ", model_dirs)
-        for key in ("data.train", "data.eval", "lora.init_adapter", "output_dir"):
-            if _dotted(stage, key) != _dotted(cfg, key):
-                raise ConfigError(f"config: {where} sets {key}; on the server every stage uses the job's")
-        for spec in stage.rewards:
-            if spec.function not in functions and ":" in spec.function:
-                raise ConfigError(
-                    f"config: {where} sets rewards with function {spec.function!r}; on the server a stage "
-                    "uses the job's rewards or built-in ones"
-                )
+        _check_derived(cfg, stage_config(cfg, i), f"stages[{i}].overrides: ", model_dirs)
+
+
+def _check_derived(cfg: RunConfig, derived: RunConfig, where: str, model_dirs: Sequence[Path]) -> None:
+    """A config made from the job's by overrides (a stage, a compared method) keeps the job's data,
+    adapter, output and reward paths, and names only allowed models and built-in writers."""
+    _check_run_paths(derived, where, model_dirs)
+    for key in ("data.train", "data.eval", "lora.init_adapter", "output_dir"):
+        if _dotted(derived, key) != _dotted(cfg, key):
+            raise ConfigError(f"config: {where}sets {key}; on the server it must be the job's")
+    functions = {r.function for r in cfg.rewards}
+    for spec in derived.rewards:
+        if spec.function not in functions and ":" in spec.function:
+            raise ConfigError(
+                f"config: {where}sets rewards with function {spec.function!r}; on the server only the "
+                "job's rewards or built-in ones"
+            )
 
 
 def _dotted(cfg: RunConfig, key: str) -> Any:
@@ -507,16 +561,21 @@ def create_job(
     trackers: list[str] | None = None,
     model_dirs: Sequence[Path] = (),
     policy: RewardPolicy = RewardPolicy(),
+    kind: str = "train",
 ) -> dict[str, Any]:
     """Validate and queue a job of the caller (nothing is queued if anything is wrong, or if its
-    rewards ask for more than the operator's `policy` allows)."""
+    rewards ask for more than the operator's `policy` allows). `kind`: 'train' or 'compare'."""
     from openrft.tracking.sinks import TRACKERS
 
     for t in trackers or []:
         if t not in TRACKERS:
             raise ConfigError(f"unknown tracker {t!r}; use any of {list(TRACKERS)}")
+    if kind not in queue.KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; use one of {', '.join(queue.KINDS)}")
     job_id = queue.new_job_id()
-    resolved, ds_id = resolve_job_config(store, caller, config, store.runs_dir / job_id, model_dirs, policy)
+    resolved, ds_id = resolve_job_config(
+        store, caller, config, store.runs_dir / job_id, model_dirs, policy, kind
+    )
     return queue.enqueue(
         store,
         config=resolved,
@@ -525,6 +584,7 @@ def create_job(
         dataset_id=ds_id,
         job_id=job_id,
         owner=caller.name,
+        kind=kind,
     )
 
 
@@ -540,12 +600,23 @@ def require_job(store: Store, caller: Caller, job_id: str) -> dict[str, Any]:
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
+def artifact_dir(run_dir: str | Path) -> Path | None:
+    """What a finished training job produced (`openrft.engine.train.final_artifact`): the LoRA
+    adapter folder (for stages, the top-level copy of the last stage's), or the whole model after
+    full fine-tuning; None if it has neither (yet)."""
+    from openrft.engine.train import final_artifact
+
+    folder = final_artifact(Path(run_dir))
+    marker = "adapter_config.json" if folder.name == "adapter" else "config.json"
+    return folder if (folder / marker).is_file() else None
+
+
 def adapter_info(job: dict[str, Any]) -> dict[str, Any] | None:
-    """The adapter of a job (files with sizes and sha256), or None if it has none."""
+    """The adapter (or full model) of a job: files with sizes and sha256; None if it has none."""
     from openrft.data import file_sha256
 
-    folder = Path(job["run_dir"]) / "adapter"
-    if not (folder / "adapter_config.json").is_file():
+    folder = artifact_dir(job["run_dir"])
+    if folder is None:
         return None
     files = [
         {"name": f.name, "bytes": f.stat().st_size, "sha256": file_sha256(f)}
@@ -558,6 +629,7 @@ def adapter_info(job: dict[str, Any]) -> dict[str, Any] | None:
         "owner": job.get("owner"),
         "name": job["name"],
         "base_model": job["base_model"],
+        "kind": folder.name,
         "created_at": folder.stat().st_mtime,
         "files": files,
         "bytes": sum(f["bytes"] for f in files),
@@ -572,9 +644,60 @@ def list_adapters(store: Store, caller: Caller) -> list[dict[str, Any]]:
 
 def delete_adapter(store: Store, caller: Caller, job_id: str) -> None:
     job = require_job(store, caller, job_id)
-    folder = Path(job["run_dir"]) / "adapter"
-    if not folder.is_dir():
+    folder = artifact_dir(job["run_dir"])
+    if folder is None:
         raise NotFound(f"job {job_id} has no adapter")
     if job["status"] in ("queued", "running"):
         raise Conflict(f"job {job_id} is {job['status']}; cancel it before deleting its adapter")
     shutil.rmtree(folder)
+
+
+# -- comparison reports ---------------------------------------------------------------------------
+
+# What `openrft compare` writes for people to read (the rest of its folder is data and runs).
+REPORT_FILES = {"report.md": "text/markdown", "report.json": "application/json", "accuracy.png": "image/png"}
+
+
+def report_folder(store: Store, caller: Caller, job_id: str) -> Path:
+    """Where the caller's job keeps its comparison report (only a comparison job writes one)."""
+    from openrft.jobs.child import COMPARE_DIR
+
+    return Path(require_job(store, caller, job_id)["run_dir"]) / COMPARE_DIR
+
+
+def report_bytes(store: Store, path: Path) -> bytes:
+    """A report file as served: text with data-dir paths made relative (as in every response)."""
+    data = path.read_bytes()
+    if REPORT_FILES[path.name].startswith("image/"):
+        return data
+    return relativise(data.decode("utf-8", "replace"), store.root).encode("utf-8")
+
+
+def list_reports(store: Store, caller: Caller, job_id: str) -> list[dict[str, Any]]:
+    """The report files a comparison job has written so far (none for a training job): name,
+    media type, bytes, sha256."""
+    folder = report_folder(store, caller, job_id)
+    out = []
+    for name, media in REPORT_FILES.items():
+        if (folder / name).is_file():
+            data = report_bytes(store, folder / name)
+            out.append(
+                {
+                    "name": name,
+                    "media_type": media,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+    return out
+
+
+def report_file(store: Store, caller: Caller, job_id: str, name: str) -> tuple[bytes, str]:
+    """(content, media type) of one report file; only the names in REPORT_FILES are served."""
+    folder = report_folder(store, caller, job_id)
+    if name not in REPORT_FILES or not (folder / name).is_file():
+        raise NotFound(
+            f"job {job_id} has no report file {name!r} (only a comparison job writes them); "
+            f"list them with GET /v1/jobs/{job_id}/reports"
+        )
+    return report_bytes(store, folder / name), REPORT_FILES[name]

@@ -36,7 +36,11 @@ class ServerSettings(BaseModel):
     )
     poll_interval_s: float = Field(0.5, gt=0, description="How often the worker looks at the queue.")
     cancel_grace_s: float = Field(
-        5.0, ge=0, description="Seconds a job has to exit after SIGTERM before SIGKILL."
+        600.0,
+        ge=0,
+        description="Seconds a job's process has, after it is asked to stop (pause, cancel, server "
+        "shutdown), to finish its current step and write a checkpoint before it is killed (SIGKILL); "
+        "a killed job resumes from its previous checkpoint. Set it above your longest step + checkpoint.",
     )
     trust_reward_code: bool = Field(
         False,

@@ -31,11 +31,12 @@ def get_adapter(adapter_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, A
 
 @router.get("/{adapter_id}/files/{filename}")
 def download_adapter_file(adapter_id: str, filename: str, ctx: Ctx, caller: CurrentCaller) -> FileResponse:
-    """One file of the adapter (PEFT format: adapter_config.json, adapter_model.safetensors)."""
+    """One file of the adapter (PEFT format: adapter_config.json, adapter_model.safetensors), or of
+    the whole model a full fine-tuning wrote."""
     job = services.require_job(ctx.store, caller, adapter_id)
-    folder = Path(job["run_dir"]) / "adapter"
-    path = folder / filename
-    if Path(filename).name != filename or not path.is_file():
+    folder = services.artifact_dir(job["run_dir"])
+    path = folder / filename if folder is not None else None
+    if Path(filename).name != filename or path is None or not path.is_file():
         raise services.NotFound(f"adapter {adapter_id} has no file {filename!r}")
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 

@@ -1,11 +1,13 @@
-"""/v1/jobs: create from a config, list, get, cancel, pause, resume, logs, events."""
+"""/v1/jobs: create from a config, list, get, cancel, pause, resume, logs, events, and the report
+files of a comparison job."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -19,13 +21,19 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 class JobCreate(BaseModel):
-    """A training job: a run config (as in YAML) whose data and rewards name stored resources."""
+    """A job: a run config (as in YAML) whose data and rewards name stored resources."""
 
     model_config = ConfigDict(extra="forbid")
 
     config: dict[str, Any] = Field(
         description="RunConfig; data.train = a dataset id, rewards[].function = a built-in name or "
         "'reward:<name>[@version]'."
+    )
+    kind: Literal["train", "compare"] = Field(
+        "train",
+        description="train: train as the config says (GRPO, SFT, DPO or stages), like `openrft train`; "
+        "compare: base vs SFT vs RFT vs SFT-then-RFT as its `compare` section says, like `openrft "
+        "compare` (the report files at /v1/jobs/{id}/reports).",
     )
     name: str | None = Field(None, description="A label shown in lists and the dashboard.")
     trackers: list[str] = Field(default_factory=list, description="Extra metric sinks: tensorboard, mlflow.")
@@ -44,6 +52,7 @@ async def create_job(body: JobCreate, ctx: Ctx, caller: CurrentCaller) -> dict[s
         body.trackers,
         ctx.settings.allowed_model_dirs,
         policy,
+        body.kind,
     )
     ctx.wake_worker()
     return public_job(job)
@@ -122,17 +131,33 @@ def job_events(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
     return {"data": services.relativise(ctx.store.job_events(job_id), ctx.store.root)}
 
 
+@router.get("/{job_id}/reports")
+def list_reports(job_id: str, ctx: Ctx, caller: CurrentCaller) -> dict[str, Any]:
+    """The report files a comparison job has written (report.md, report.json, accuracy.png; the
+    last two once it has finished)."""
+    return {"data": services.list_reports(ctx.store, caller, job_id)}
+
+
+@router.get("/{job_id}/reports/{filename}")
+def get_report(job_id: str, filename: str, ctx: Ctx, caller: CurrentCaller) -> Response:
+    """One report file of a comparison job (text files with data-dir paths made relative)."""
+    content, media_type = services.report_file(ctx.store, caller, job_id, filename)
+    disposition = f'attachment; filename="{filename}"'
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+
+
 def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, Any]:
     keep = (
         *("id", "name", "status", "method", "base_model", "dataset_id", "attempts", "requested", "error"),
         *("owner", "trackers", "created_at", "started_at", "finished_at", "updated_at", "heartbeat"),
     )
     out = {k: job.get(k) for k in keep}
+    out["kind"] = queue.job_kind(job)
     last = last_metrics(job["run_dir"]) or {}
     out["step"] = int(last.get("step", 0))
     out["max_steps"] = job["config"].get("max_steps")
     out["reward"] = last.get("reward")
-    out["has_adapter"] = (Path(job["run_dir"]) / "adapter" / "adapter_config.json").is_file()
+    out["has_adapter"] = services.artifact_dir(job["run_dir"]) is not None
     if with_config:
         out["config"] = job["config"]
     return services.relativise(out, Path(job["run_dir"]).parents[1])  # run_dir = <data dir>/runs/<id>
