@@ -353,7 +353,8 @@ def resolve_job_config(
         raise
     for spec_ in {s.name: s for run in runs for s in run.rewards}.values():
         check_function(spec_.function, kwargs=spec_.kwargs, name=spec_.name)
-    return cfg.model_dump(mode="json"), train["id"]
+    # a chained config has no top-level method (each stage has its own): keep it unset
+    return cfg.model_dump(mode="json", exclude={"method"} if cfg.stages else None), train["id"]
 
 
 def recipe_configs(cfg: RunConfig) -> list[RunConfig]:
