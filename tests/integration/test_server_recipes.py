@@ -132,6 +132,7 @@ def test_each_recipe_succeeds_with_an_adapter_that_loads_with_peft(
     job.wait(timeout=300, poll_interval=0.2, check=False)
     assert job.status == "succeeded", job.logs()[-3000:]
     assert job.data["method"] == method and job.kind == "train" and job.data["has_adapter"]
+    assert job.data["step"] == job.data["max_steps"] == (4 if "+" in method else 2)  # stages: 2 + 2
     run_dir = server[1] / "runs" / job.id
     runs = [run_dir / "stages" / "sft", run_dir / "stages" / "rft"] if "+" in method else [run_dir]
     for run in runs:

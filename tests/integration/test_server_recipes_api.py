@@ -111,14 +111,14 @@ def test_rows_without_what_the_recipe_needs_are_refused(
         ({"sft_overrides": {"model.name": "/etc"}}, r"compare\.sft_overrides \(sft\): model\.name = '/etc'"),
         (
             {"rft_overrides": {"data.train": "/etc/passwd"}},
-            r"compare\.rft_overrides \(rft\): sets data\.train",
+            r"compare\.rft_overrides \(rft\) sets data\.train",
         ),
         (
             {
                 "methods": ["sft_rft"],
                 "rft_overrides": {"rewards": [{"name": "x", "function": "/tmp/x.py:f"}]},
             },
-            r"compare\.rft_overrides \(sft_rft\): sets rewards with function '/tmp/x\.py:f'",
+            r"compare\.rft_overrides \(sft_rft\) sets rewards with function '/tmp/x\.py:f'",
         ),
         ({"sft_overrides": {"sft.completion_fn": "/tmp/w.py:f"}}, r"sft\.completion_fn = '/tmp/w\.py:f'"),
     ],

@@ -380,7 +380,7 @@ def compare_configs(cfg: RunConfig, model_dirs: Sequence[Path]) -> list[RunConfi
     out = []
     for method in cfg.compare.methods:
         for run in recipe_configs(method_config(cfg, method)):
-            where = f"compare.{'sft' if run.method == 'sft' else 'rft'}_overrides ({method}): "
+            where = f"compare.{'sft' if run.method == 'sft' else 'rft'}_overrides ({method})"
             _check_derived(cfg, run, where, model_dirs)
             out.append(run)
     return out
@@ -464,21 +464,21 @@ def check_server_paths(cfg: RunConfig, model_dirs: Sequence[Path]) -> None:
 
     cfg.model.name = _check_run_paths(cfg, "", model_dirs)
     for i in range(len(cfg.stages)):
-        _check_derived(cfg, stage_config(cfg, i), f"stages[{i}].overrides: ", model_dirs)
+        _check_derived(cfg, stage_config(cfg, i), f"stages[{i}].overrides", model_dirs)
 
 
 def _check_derived(cfg: RunConfig, derived: RunConfig, where: str, model_dirs: Sequence[Path]) -> None:
     """A config made from the job's by overrides (a stage, a compared method) keeps the job's data,
     adapter, output and reward paths, and names only allowed models and built-in writers."""
-    _check_run_paths(derived, where, model_dirs)
+    _check_run_paths(derived, f"{where}: ", model_dirs)
     for key in ("data.train", "data.eval", "lora.init_adapter", "output_dir"):
         if _dotted(derived, key) != _dotted(cfg, key):
-            raise ConfigError(f"config: {where}sets {key}; on the server it must be the job's")
+            raise ConfigError(f"config: {where} sets {key}; on the server it must be the job's")
     functions = {r.function for r in cfg.rewards}
     for spec in derived.rewards:
         if spec.function not in functions and ":" in spec.function:
             raise ConfigError(
-                f"config: {where}sets rewards with function {spec.function!r}; on the server only the "
+                f"config: {where} sets rewards with function {spec.function!r}; on the server only the "
                 "job's rewards or built-in ones"
             )
 

@@ -153,11 +153,28 @@ def public_job(job: dict[str, Any], *, with_config: bool = False) -> dict[str, A
     )
     out = {k: job.get(k) for k in keep}
     out["kind"] = queue.job_kind(job)
-    last = last_metrics(job["run_dir"]) or {}
-    out["step"] = int(last.get("step", 0))
-    out["max_steps"] = job["config"].get("max_steps")
+    last, out["step"], out["max_steps"] = progress(job)
     out["reward"] = last.get("reward")
     out["has_adapter"] = services.artifact_dir(job["run_dir"]) is not None
     if with_config:
         out["config"] = job["config"]
     return services.relativise(out, Path(job["run_dir"]).parents[1])  # run_dir = <data dir>/runs/<id>
+
+
+def progress(job: dict[str, Any]) -> tuple[dict[str, Any], int, int | None]:
+    """(latest metrics row, steps done, steps in all) of a job; a chained config's steps are
+    counted over its stages, each of which logs into `stages/<name>/`."""
+    config, run_dir = job["config"], Path(job["run_dir"])
+    stages = config.get("stages") or []
+    if not stages:
+        last = last_metrics(run_dir) or {}
+        return last, int(last.get("step", 0)), config.get("max_steps")
+    latest: dict[str, Any] = {}
+    done = total = 0
+    for stage in stages:
+        steps = stage.get("overrides", {}).get("max_steps") or stage.get("max_steps") or config["max_steps"]
+        row = last_metrics(run_dir / "stages" / str(stage["name"]))
+        if row:
+            latest, done = row, done + int(row.get("step", 0))
+        total += int(steps)
+    return latest, done, total
