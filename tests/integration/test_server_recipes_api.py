@@ -121,6 +121,10 @@ def test_rows_without_what_the_recipe_needs_are_refused(
             r"compare\.rft_overrides \(sft_rft\) sets rewards with function '/tmp/x\.py:f'",
         ),
         ({"sft_overrides": {"sft.completion_fn": "/tmp/w.py:f"}}, r"sft\.completion_fn = '/tmp/w\.py:f'"),
+        (
+            {"rft_overrides": {"rewards": [{"name": "x", "function": "regex", "env": ["HOME"]}]}},
+            r"compare overrides \(grpo\): rewards\[0\]\.env: HOME is not allowed by this server",
+        ),
     ],
 )
 def test_a_comparisons_overrides_may_not_name_server_paths(

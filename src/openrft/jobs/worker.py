@@ -12,7 +12,8 @@ Each tick (every `poll_interval_s`, or at once when woken) it
 5. every 30 s, re-queues jobs left running by a worker that died (`queue.recover`).
 
 On `stop()` (server shutdown) the running jobs are stopped the same way and put back in the
-queue: the next server resumes them from their last checkpoint.
+queue: the next server resumes them from their last checkpoint (a job that finished its last
+step meanwhile is recorded as succeeded).
 
 A training process starts with a scrubbed environment (`job_environment`): the few variables
 the engine needs, the operator's `job_env`, the reward variables the operator allow-listed, and
@@ -160,9 +161,17 @@ class JobWorker:
                     self._kill(run)
                     run.proc.wait()
                 job = self.store.get_job(run.job_id) or {}
-                status = {"cancel": "cancelled", "pause": "paused"}.get(job.get("requested") or "", "queued")
                 self._close(run)
-                queue.finish(self.store, run.job_id, status, None)
+                status, error = outcome(
+                    run.proc.returncode,
+                    read_result(run.run_dir),
+                    job.get("requested"),
+                    run.run_dir,
+                    queue.job_kind(job) if job else "train",
+                )
+                if status == "retry":  # stopped for the shutdown: the next server resumes it
+                    status, error = "queued", None
+                queue.finish(self.store, run.job_id, status, error)
                 log.info("job %s: server stopping, now %s", run.job_id, status)
             self.running.clear()
 
@@ -207,9 +216,9 @@ class JobWorker:
         for row in rows:
             run = self.running[row["id"]]
             if run.signalled_at is None:
+                what, pid = row["requested"], run.proc.pid
                 log.info(
-                    "job %s: %s requested, stopping pid %s after its current step",
-                    *(run.job_id, row["requested"], run.proc.pid),
+                    "job %s: %s requested, stopping pid %s after its current step", run.job_id, what, pid
                 )
                 self._stop_cleanly(run)
                 run.signalled_at = now

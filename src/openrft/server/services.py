@@ -344,6 +344,9 @@ def resolve_job_config(
     check_server_paths(cfg, model_dirs)
     runs = compare_configs(cfg, model_dirs) if kind == "compare" else recipe_configs(cfg)
     policy.check_config(cfg)
+    for run in runs if kind == "compare" else []:
+        if run.rewards != cfg.rewards:  # set by compare.sft_overrides / rft_overrides
+            policy.check_specs(run.rewards, f"compare overrides ({run.method}): rewards")
     loaded = read_stored_rows(cfg.data.train, train["name"])
     try:
         for run in runs:
@@ -351,7 +354,7 @@ def resolve_job_config(
     except DataError as e:
         e.args = (str(e).replace(str(cfg.data.train), train["name"]),)
         raise
-    for spec_ in {s.name: s for run in runs for s in run.rewards}.values():
+    for spec_ in {s.model_dump_json(): s for run in runs for s in run.rewards}.values():
         check_function(spec_.function, kwargs=spec_.kwargs, name=spec_.name)
     # a chained config has no top-level method (each stage has its own): keep it unset
     return cfg.model_dump(mode="json", exclude={"method"} if cfg.stages else None), train["id"]
