@@ -152,7 +152,8 @@ class JobWorker:
             self._thread.join(timeout=30)
         with self._lock:
             for run in list(self.running.values()):
-                self._stop_cleanly(run)
+                if run.signalled_at is None:  # a second SIGTERM would stop a paused job mid-step
+                    self._stop_cleanly(run)
             deadline = time.monotonic() + self.stop_grace_s
             for run in list(self.running.values()):
                 try:
