@@ -1,7 +1,8 @@
 """Every recipe as a server job, with the tiny model, through the SDK and a real loopback server:
 SFT, DPO and SFT-then-GRPO stages submitted from YAML end `succeeded` with an adapter that loads
-with peft; a comparison job's report downloads; a pause and a cancel stop after the current step
-with a checkpoint, and the resumed job runs each step exactly once."""
+with peft, and a full fine-tuning with a model that loads; a comparison job's report downloads;
+a pause and a cancel stop after the current step with a checkpoint, and the resumed job runs
+each step exactly once."""
 
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def recipe_jobs(client: openrft.Client, tmp_path_factory: pytest.TempPathFactory
         "sft": client.jobs.submit(sft),
         "dpo": client.jobs.submit(dpo),
         "sft+grpo": client.jobs.submit(stages, ["seed=1"]),
+        "full": client.jobs.submit(sft, ["sft.full_finetune=true", "max_steps=1", "optim.lr=0.001"]),
     }
 
 
@@ -154,6 +156,21 @@ def test_each_recipe_succeeds_with_an_adapter_that_loads_with_peft(
         assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # trained, not fresh
     finally:
         model.unload()
+
+
+def test_a_full_finetuning_job_downloads_a_model_that_loads(
+    recipe_jobs: dict[str, Job], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    job = recipe_jobs["full"]
+    job.wait(timeout=300, poll_interval=0.2, check=False)
+    assert job.status == "succeeded" and job.data["has_adapter"], job.logs()[-3000:]
+    dest = job.download_adapter(tmp_path / "model")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in dest.iterdir()}
+    tuned = AutoModelForCausalLM.from_pretrained(dest)
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    assert any(not torch.equal(p, base[n]) for n, p in tuned.named_parameters())  # trained
 
 
 def test_a_comparison_job_writes_a_report_that_downloads(
