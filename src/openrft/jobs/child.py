@@ -82,7 +82,8 @@ class StopOnSignal:
         if self.signals > 1:
             raise Stopped()
         request_stop()
-        print("stop requested: finishing the current step, then a checkpoint", flush=True)
+        # os.write, not print: a print here could interrupt one in progress (a reentrant-call error)
+        os.write(sys.stdout.fileno(), b"stop requested: finishing the current step, then a checkpoint\n")
 
 
 def _watch_parent(parent: int, grace_s: float) -> None:
