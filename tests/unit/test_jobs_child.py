@@ -9,14 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from openrft.engine.loop import clear_stop, stop_requested
+from openrft.engine.loop import clear_stop, request_stop, stop_requested
 from openrft.jobs import procs, queue
-from openrft.jobs.child import StopOnSignal, Stopped
+from openrft.jobs.child import Stopped, StopRequest
 from openrft.jobs.worker import JobWorker, Running, outcome
 from openrft.server.store import Store
 
@@ -32,22 +34,51 @@ sys.exit(143)
 
 
 @pytest.fixture
-def handler() -> Iterator[StopOnSignal]:
+def stop() -> Iterator[StopRequest]:
     clear_stop()
-    on_term = StopOnSignal()
-    previous = signal.signal(signal.SIGTERM, on_term)
-    yield on_term
+    request = StopRequest()
+    previous = signal.signal(signal.SIGTERM, request.on_signal)
+    yield request
+    request.closed.set()
     signal.signal(signal.SIGTERM, previous)
+    time.sleep(0.05)  # the watchers have ended
     clear_stop()
 
 
-def test_the_first_sigterm_asks_for_a_stop_after_the_step_and_the_second_stops_now(
-    handler: StopOnSignal,
-) -> None:
+def test_the_first_sigterm_asks_for_a_stop_after_the_step_and_the_second_stops_now(stop: StopRequest) -> None:
     os.kill(os.getpid(), signal.SIGTERM)  # handled here: nothing is raised mid-step
-    assert stop_requested() and handler.signals == 1
+    assert stop_requested() and stop.requested.is_set()
     with pytest.raises(Stopped):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_request_outlives_the_engine_clearing_its_flag_and_a_stop_the_engine_took_is_kept(
+    stop: StopRequest,
+) -> None:
+    threading.Thread(target=stop.watch, args=(os.getppid(), 60.0, 0.01), daemon=True).start()
+    stop.ask()
+    clear_stop()  # as engine.train.train does when it starts
+    assert _eventually(stop_requested)
+    stop.closed.set()
+    time.sleep(0.05)
+    clear_stop()
+    other = StopRequest()
+    threading.Thread(target=other.watch, args=(os.getppid(), 60.0, 0.01), daemon=True).start()
+    try:
+        assert not other.requested.is_set()
+        request_stop()  # as the engine's own SIGTERM handler does while it trains
+        assert _eventually(other.requested.is_set)
+    finally:
+        other.closed.set()
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.mark.parametrize("requested", ["pause", "cancel", None])

@@ -12,11 +12,13 @@ no checkpoint and starts at step 0; a later one continues from the last complete
 Stopping is clean, as Ctrl-C is for `openrft train`: the first SIGTERM (a cancel, a pause, a
 server shutdown) asks the training loop to stop after the current step, which writes a checkpoint
 and raises `TrainingStopped`; the process then exits with 143 and the job resumes later with no
-step lost or repeated. A second SIGTERM stops at once (the steps since the last checkpoint run
-again on resume); the worker sends SIGKILL to the process group when the process has not exited
-`stop_grace_s` seconds after the first. If its server dies, the process stops cleanly by itself
-the same way (and exits at the latest `stop_grace_s` later): the job is re-queued and resumed by
-the next server, never run by two processes.
+step lost or repeated. A SIGTERM while a stop is already requested stops at once (the steps since
+the last checkpoint run again on resume); the worker sends SIGKILL to the process group when the
+process has not exited `stop_grace_s` seconds after the first. `engine.train.train` handles
+SIGTERM this way while it runs; `StopRequest` does it outside it and keeps the request across
+`train`'s start and end. If its server dies, the process stops cleanly by itself the same way
+(and exits at the latest `stop_grace_s` later): the job is re-queued and resumed by the next
+server, never run by two processes.
 """
 
 from __future__ import annotations
@@ -69,36 +71,51 @@ class LineReporter:
             sink.close()
 
 
-class StopOnSignal:
-    """SIGTERM handling: the first asks for a stop after the current step, the second stops now."""
+class StopRequest:
+    """This process's stop request: set by SIGTERM or by the death of its server, kept until exit.
+
+    While `engine.train.train` runs, its own handler takes SIGTERM the same way (the first stops
+    after the current step with a checkpoint, a second at once); but `train` clears the engine's
+    stop flag when it starts and when it ends. `watch` therefore records a stop the engine's
+    handler took and sets the engine's flag again while a stop is requested, so that a stop asked
+    for while the process starts, or between the trainings of a comparison, is never lost."""
 
     def __init__(self) -> None:
-        self.signals = 0
+        self.requested = threading.Event()
+        self.closed = threading.Event()  # ends `watch`
 
-    def __call__(self, signum: int, frame: Any) -> None:
-        from openrft.engine.loop import request_stop
-
-        self.signals += 1
-        if self.signals > 1:
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM outside `train`: the first asks for a stop, one after that stops at once."""
+        if self.requested.is_set():
             raise Stopped()
-        request_stop()
+        self.ask()
         # os.write, not print: a print here could interrupt one in progress (a reentrant-call error)
         os.write(sys.stdout.fileno(), b"stop requested: finishing the current step, then a checkpoint\n")
 
+    def ask(self) -> None:
+        from openrft.engine.loop import request_stop
 
-def _watch_parent(parent: int, grace_s: float) -> None:
-    """Stop cleanly when the server that started this process is gone (we were re-parented);
-    exit at the latest `grace_s` seconds later."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            from openrft.engine.loop import request_stop
+        self.requested.set()
+        request_stop()
 
-            print("server gone: stopping after the current step (the job resumes from it)", flush=True)
-            request_stop()
-            time.sleep(grace_s)
-            print(f"server gone: still running after {grace_s:g} s; exiting now", flush=True)
-            os._exit(3)
+    def watch(self, parent: int, grace_s: float, poll_s: float = 0.1) -> None:
+        """Keep the request (see the class); stop cleanly when the server that started this
+        process is gone (we were re-parented), and exit at the latest `grace_s` seconds later."""
+        from openrft.engine.loop import stop_requested
+
+        orphaned_at: float | None = None
+        while not self.closed.wait(poll_s):
+            if orphaned_at is None and os.getppid() != parent:
+                orphaned_at = time.monotonic()
+                print("server gone: stopping after the current step (the job resumes from it)", flush=True)
+                self.ask()
+            if stop_requested():
+                self.requested.set()
+            elif self.requested.is_set():
+                self.ask()
+            if orphaned_at is not None and time.monotonic() - orphaned_at > grace_s:
+                print(f"server gone: still running after {grace_s:g} s; exiting now", flush=True)
+                os._exit(3)
 
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
@@ -108,10 +125,9 @@ def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / RESULT)
 
 
-def _work(spec: dict[str, Any], run_dir: Path) -> str:
-    """Run the job; returns what it produced, for the log."""
+def _work(spec: dict[str, Any], run_dir: Path, stop: StopRequest) -> str | None:
+    """Run the job; returns what it produced, for the log (None: stopped before it began)."""
     from openrft.config import RunConfig
-    from openrft.engine.loop import stop_requested
     from openrft.engine.train import final_artifact, train
     from openrft.tracking.sinks import make_sinks
 
@@ -121,9 +137,12 @@ def _work(spec: dict[str, Any], run_dir: Path) -> str:
 
         out = run_dir / COMPARE_DIR
         command = f"comparison job {spec.get('job_id', '')} of an OpenRFT server"
-        compare(cfg, output=out, reporter=LineReporter(), command=command, should_stop=stop_requested)
+        stopping = stop.requested.is_set
+        compare(cfg, output=out, reporter=LineReporter(), command=command, should_stop=stopping)
         return f"report written: {COMPARE_DIR}/report.md"
     reporter = LineReporter(make_sinks(spec.get("trackers", []), run_dir, cfg))
+    if stop.requested.is_set():  # asked before training began: nothing to checkpoint
+        return None
     run = train(cfg, output_dir=run_dir, resume=True, reporter=reporter)
     return f"{final_artifact(run).name}/ written"
 
@@ -139,13 +158,14 @@ def run(job_file: Path) -> int:
     from openrft.evaluation.compare import CompareStopped
 
     clear_stop()
-    signal.signal(signal.SIGTERM, StopOnSignal())
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop.on_signal)
     parent = int(spec.get("parent_pid") or os.getppid())
     grace = float(spec.get("stop_grace_s") or DEFAULT_STOP_GRACE_S)
-    threading.Thread(target=_watch_parent, args=(parent, grace), daemon=True).start()
+    threading.Thread(target=stop.watch, args=(parent, grace), daemon=True).start()
 
     try:
-        produced = _work(spec, run_dir)
+        produced = _work(spec, run_dir, stop)
     except TrainingStopped as e:
         print(f"stopped: {e}", flush=True)
         _write_result(run_dir, {"status": "stopped", "step": e.step})
@@ -154,7 +174,7 @@ def run(job_file: Path) -> int:
         print(f"stopped: {e}", flush=True)
         _write_result(run_dir, {"status": "stopped"})
         return 143
-    except Stopped:
+    except (Stopped, KeyboardInterrupt):  # KeyboardInterrupt: the engine's handler, second signal
         print("stopped by a second signal (steps since the last checkpoint run again on resume)", flush=True)
         _write_result(run_dir, {"status": "stopped"})
         return 143
@@ -167,6 +187,10 @@ def run(job_file: Path) -> int:
         sys.stdout.flush()
         _write_result(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}", "user_error": False})
         return 1
+    if produced is None:
+        print("stopped before training began", flush=True)
+        _write_result(run_dir, {"status": "stopped"})
+        return 143
     print(f"done: {produced}", flush=True)
     _write_result(run_dir, {"status": "succeeded"})
     return 0

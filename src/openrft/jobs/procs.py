@@ -62,12 +62,14 @@ def signal_process(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def terminate_group(pid: int, started: str | None, grace_s: float) -> None:
-    """SIGTERM the group's leader (a training process then stops after its current step, with a
-    checkpoint), wait up to `grace_s` for it to exit, then SIGKILL the whole group."""
+def await_or_kill_group(pid: int, started: str | None, grace_s: float) -> None:
+    """Wait up to `grace_s` for the group's leader to exit by itself, then SIGKILL the whole group.
+
+    For the training process of a server that died: it stops by itself after its current step
+    (with a checkpoint) when it sees its server gone, and a SIGTERM now would be a second stop
+    request, which stops it at once (mid-step)."""
     if not alive(pid, started):
         return
-    signal_process(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         _reap(pid)

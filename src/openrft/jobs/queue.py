@@ -260,10 +260,10 @@ def _status(db: Any, job_id: str) -> str:
 def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list[str]:
     """Re-queue jobs marked running whose worker process is gone (a crashed or restarted server).
 
-    Their training process, if it still runs (it stops itself when its server dies, but may not
-    have noticed yet), is terminated first, so a job never runs twice at once. A job whose
-    `max_attempts`-th interruption this is (`_interruptions`) is failed instead (graceful server
-    restarts do not count).
+    Their training process, if it still runs (it stops itself after its current step when its
+    server dies), is awaited for up to `grace_s` and then killed, so a job never runs twice at
+    once. A job whose `max_attempts`-th interruption this is (`_interruptions`) is failed instead
+    (graceful server restarts do not count).
     Returns the ids of the jobs it changed.
     """
     changed = []
@@ -272,7 +272,7 @@ def recover(store: Store, *, me: str, grace_s: float, max_attempts: int) -> list
         if worker == me or procs.identity_alive(worker):
             continue
         if job["pid"]:
-            procs.terminate_group(job["pid"], job["pid_start"], grace_s)
+            procs.await_or_kill_group(job["pid"], job["pid_start"], grace_s)
         requested = job["requested"]
         if requested == "cancel":
             status, error = "cancelled", None

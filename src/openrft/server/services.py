@@ -395,7 +395,7 @@ def check_rows(cfg: RunConfig, loaded: LoadedRows, name: str) -> None:
     writer such as `countdown.demonstration` writes the targets in the job); DPO rows `chosen` and
     `rejected`. Errors name the file as `name`."""
     from openrft.data import validate_rows
-    from openrft.engine.sft_data import implied_completion_fn, preference_texts, sft_rows
+    from openrft.data.targets import implied_completion_fn, preference_texts, sft_rows
 
     rows, lines = loaded.rows, loaded.lines
     if cfg.method == "dpo":
