@@ -285,4 +285,4 @@ def test_a_cancelled_job_checkpoints_its_step(
     assert job.status == "cancelled" and not procs.alive(pid, None)
     saved = _checkpoints(server[1] / "runs" / job.id)
     assert saved and saved[-1] >= asked_at and saved[-1] == job.data["step"], (saved, asked_at)
-    assert "stop requested: finishing the current step" in job.logs()
+    assert f"stopped: stopped after step {saved[-1]}; checkpoint saved" in job.logs()
