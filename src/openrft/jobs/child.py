@@ -24,6 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from openrft.fsutil import write_json_atomic
+
 RESULT = "result.json"
 
 
@@ -73,9 +75,7 @@ def _watch_parent(parent: int) -> None:
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, run_dir / RESULT)
+    write_json_atomic(run_dir / RESULT, result, indent=None)
 
 
 def run(job_file: Path) -> int:
