@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from openrft.fsutil import atomic_file
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -376,20 +378,15 @@ class _Adapters:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for f in info["files"]:
-            target = dest / f["name"]
-            tmp = target.with_name(target.name + ".part")
             digest = hashlib.sha256()
             url = f"/v1/adapters/{adapter_id}/files/{f['name']}"
-            with self.client._http.stream("GET", url) as resp:
+            with self.client._http.stream("GET", url) as resp, atomic_file(dest / f["name"]) as out:
                 _check(resp, read=True)
-                with tmp.open("wb") as out:
-                    for chunk in resp.iter_bytes():
-                        digest.update(chunk)
-                        out.write(chunk)
-            if digest.hexdigest() != f["sha256"]:
-                tmp.unlink(missing_ok=True)
-                raise APIError(500, f"{f['name']}: sha256 mismatch after download; try again")
-            os.replace(tmp, target)
+                for chunk in resp.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+                if digest.hexdigest() != f["sha256"]:  # raised inside: the old file stays
+                    raise APIError(500, f"{f['name']}: sha256 mismatch after download; try again")
         return dest
 
     def delete(self, job_or_id: Job | str) -> None:

@@ -1,15 +1,19 @@
 """The training process of one job: `python -m openrft.jobs.child JOB_JSON`.
 
-JOB_JSON holds {"config": <resolved RunConfig>, "run_dir": ..., "trackers": [...]}. The process
-calls the same `engine.train.train` as `openrft train`, always with resume=True (a first attempt finds no
-checkpoint and starts at step 0; a later one continues from the last complete checkpoint), logs
-one plain line per step to stdout (the job log), and writes `result.json` in the run directory:
-{"status": "succeeded"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
+JOB_JSON (written by the worker) holds {"job_id", "config": <resolved RunConfig>, "run_dir",
+"trackers": [...], "parent_pid"}. The process trains GRPO configs only (another method is a
+user error) with the same `engine.train.train` as `openrft train`, always with resume=True (a
+first attempt finds no checkpoint and starts at step 0; a later one continues from the last
+complete checkpoint), logs one plain line per step to stdout (the job log) and to the job's
+trackers, and writes `result.json` in the run directory (atomically): {"status": "succeeded"},
+{"status": "stopped"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
 
 It runs in its own session (the worker's `start_new_session=True`), so the worker can stop it
-and everything it started with one signal to the group. SIGTERM becomes a clean exit (reward
-workers are shut down by their context managers). If its server dies, it stops by itself within
-a second: the job is re-queued and resumed by the next server, never run by two processes.
+and everything it started with one signal to the group. A SIGTERM before training starts is a
+clean exit ("stopped", code 143); once `train` runs, the engine's handler has SIGTERM instead
+(engine.loop: finish the current step, write a checkpoint, raise `TrainingStopped`). If its
+server dies, it sends itself SIGTERM within a second, and exits 3 if still alive ten seconds
+later: the job is re-queued and resumed by the next server, never run by two processes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from openrft.fsutil import write_json_atomic
 
 RESULT = "result.json"
 
@@ -73,9 +79,7 @@ def _watch_parent(parent: int) -> None:
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, run_dir / RESULT)
+    write_json_atomic(run_dir / RESULT, result, indent=None)
 
 
 def run(job_file: Path) -> int:
