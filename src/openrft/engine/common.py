@@ -302,4 +302,4 @@ def save_full_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> Non
         tokenizer.save_pretrained(str(tmp))
         write_manifest(tmp)
 
-    replace_dir(target, build)
+    replace_dir(target, build, durable=True)
