@@ -49,6 +49,8 @@ from typing import Any
 
 import httpx
 
+from openrft.fsutil import atomic_file
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -501,22 +503,17 @@ class Client:
         return resp.json()
 
     def _download(self, url: str, dest: Path, name: str, sha256: str) -> None:
-        """Stream `url` into the file `name` of `dest` (via a .part file), checking its sha256."""
+        """Stream `url` into the file `name` of `dest` atomically, checking its sha256."""
         if Path(name).name != name or name in ("", ".", ".."):
             raise APIError(500, f"the server named a file {name!r}; refusing to write it")
-        target = dest / name
-        tmp = target.with_name(name + ".part")
         digest = hashlib.sha256()
-        with self._http.stream("GET", url) as resp:
+        with self._http.stream("GET", url) as resp, atomic_file(dest / name) as out:
             _check(resp, read=True)
-            with tmp.open("wb") as out:
-                for chunk in resp.iter_bytes():
-                    digest.update(chunk)
-                    out.write(chunk)
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            raise APIError(500, f"{target.name}: sha256 mismatch after download; try again")
-        os.replace(tmp, target)
+            for chunk in resp.iter_bytes():
+                digest.update(chunk)
+                out.write(chunk)
+            if digest.hexdigest() != sha256:  # raised inside: the old file stays
+                raise APIError(500, f"{name}: sha256 mismatch after download; try again")
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")

@@ -7,7 +7,6 @@ valid name; cross-field rules say what to change. Importing this module does not
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from openrft.errors import ConfigError
+from openrft.fsutil import write_json_atomic
 from openrft.rewards.spec import RewardSpec
 
 Method = Literal["grpo", "sft", "dpo"]
@@ -521,4 +521,5 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    """Write the resolved config as JSON (a run's config.json), atomically."""
+    write_json_atomic(path, cfg.model_dump(mode="json"))

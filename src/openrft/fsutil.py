@@ -1,6 +1,6 @@
 """File helpers shared by checkpoints, adapters, run directories and the model cache (no torch
-import). Every atomic write in OpenRFT goes through `write_atomic`, `write_json_atomic` or
-`replace_dir`."""
+import). Every atomic write in OpenRFT goes through `write_atomic`, `write_json_atomic`,
+`atomic_file` (streamed content) or `replace_dir` (a whole folder)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _CHUNK = 1 << 20
 
@@ -35,16 +37,24 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: str | bytes, *, durable: bool = False) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never a torn one:
-    a temp file next to it, then a rename. `durable` also fsyncs the file and its folder, so the
-    new content survives a power cut (checkpoints, manifests); plain metadata skips the cost."""
+@contextmanager
+def atomic_file(path: str | Path, *, durable: bool = False, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces `path` when the block ends without an
+    exception: a temp file next to it (named per process and thread), then a rename, so a reader
+    sees the old file or the new one, never a torn one. On an exception the temp file is removed
+    and `path` is left as it was. For content streamed in pieces (a download, a plot); whole
+    strings and bytes go through `write_atomic`. `durable` also fsyncs the file and its folder, so
+    the new content survives a power cut (checkpoints, manifests); plain metadata skips the cost.
+    `mode` (e.g. 0o600 for a secret) is set on the temp file before anything is written to it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is not None else 0o666)
+        with open(fd, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            yield fh
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -54,6 +64,14 @@ def write_atomic(path: str | Path, data: str | bytes, *, durable: bool = False) 
         raise
     if durable:
         fsync_path(target.parent)
+
+
+def write_atomic(
+    path: str | Path, data: str | bytes, *, durable: bool = False, mode: int | None = None
+) -> None:
+    """Write `data` (a str as UTF-8) to `path` atomically (`atomic_file`, same `durable` and `mode`)."""
+    with atomic_file(path, durable=durable, mode=mode) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json_atomic(path: str | Path, value: Any, *, indent: int | None = 2, durable: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,14 +35,3 @@ class RolloutBatch:
     @property
     def num_sequences(self) -> int:
         return int(self.completion_ids.shape[0])
-
-
-@dataclass
-class StepMetrics:
-    """What one training step reports; `as_dict` gives the DESIGN §3 metric names."""
-
-    step: int
-    values: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"step": self.step, **self.values}

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from openrft.engine.kernels import loader as cpu_kernels
 from openrft.engine import logprobs
+from openrft.engine.kernels import loader as cpu_kernels
 from openrft.engine.logprobs import (
     causal_lm,
     chunked_linear_logps,

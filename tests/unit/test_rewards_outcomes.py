@@ -71,12 +71,13 @@ def test_weighted_total_skips_nan_and_is_nan_only_when_all_are() -> None:
     assert weighted_total([0.0, math.nan], [1.0, 1.0]) == 0.0
 
 
-def test_metrics_use_trl_names_and_skip_nan() -> None:
-    scores = RewardScores(
-        names=["a", "b"],
-        weights=[1.0, 1.0],
-        values=[[1.0, math.nan], [0.0, math.nan], [2.0, math.nan]],
-        total=[1.0, 0.0, 2.0],
+def scores_of(values: list[list[float]], weights: list[float]) -> RewardScores:
+    names = ["a", "b"]
+    return RewardScores(
+        names=names,
+        weights=weights,
+        values=values,
+        total=[weighted_total(row, weights) for row in values],
         errors={"a": 1, "b": 0},
         infra_errors={"a": 0, "b": 2},
         none={"a": 0, "b": 1},
@@ -84,10 +85,30 @@ def test_metrics_use_trl_names_and_skip_nan() -> None:
         tracebacks={"a": [], "b": []},
         time_s=0.0,
     )
+
+
+def test_metrics_use_trl_names_and_skip_nan() -> None:
+    scores = scores_of([[1.0, math.nan], [0.0, math.nan], [2.0, math.nan]], [1.0, 1.0])
     m = scores.metrics()
+    assert "reward" not in m  # no group size: per-function metrics only
     assert m["rewards/a/mean"] == 1.0
-    assert m["rewards/a/std"] == pytest.approx(1.0)  # sample std of 1, 0, 2
+    assert m["rewards/a/std"] == pytest.approx(math.sqrt(2 / 3))  # population std of 1, 0, 2
     assert m["rewards/a/errors"] == 1.0
     assert math.isnan(m["rewards/b/mean"]) and math.isnan(m["rewards/b/std"])
     assert m["rewards/b/infra_errors"] == 2.0 and m["rewards/b/none"] == 1.0
     assert scores.column("a") == [1.0, 0.0, 2.0]
+
+
+def test_metrics_with_a_group_size_give_the_reward_and_its_spread_per_group() -> None:
+    # totals (weights 2, 1): 2 + 1 = 3, 0 + 1 = 1 | no value at all = NaN, 2 * 1 = 2
+    scores = scores_of([[1.0, 1.0], [0.0, 1.0], [math.nan, math.nan], [1.0, math.nan]], [2.0, 1.0])
+    assert scores.total[:2] == [3.0, 1.0] and math.isnan(scores.total[2]) and scores.total[3] == 2.0
+    m = scores.metrics(group_size=2)
+    assert m["reward"] == pytest.approx(2.0)  # mean of 3, 1, 2 (the NaN total left out)
+    # group 1: sample std of (3, 1) = sqrt(2); group 2 has one total: std 0, no signal
+    assert m["reward_std"] == pytest.approx(math.sqrt(2) / 2)
+    assert m["frac_reward_zero_std"] == 0.5
+    assert m["rewards/a/mean"] == pytest.approx(2 / 3) and m["rewards/b/mean"] == 1.0
+    assert m["rewards/b/std"] == 0.0
+    with pytest.raises(ValueError, match="groups of 3"):
+        scores.metrics(group_size=3)

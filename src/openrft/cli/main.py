@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from openrft.cli.models import app as models_app
 from openrft.cli.rewards import app as rewards_app
 from openrft.cli.server import app as server_app
 from openrft.errors import UserError
+from openrft.fsutil import write_atomic
 
 app = typer.Typer(
     help="OpenRFT: reinforcement fine-tuning (GRPO) of LoRA adapters from a handful of prompts.",
@@ -175,10 +175,7 @@ def data_countdown(
     except ValueError as e:
         raise UserError(f"countdown: {e}") from None
     rows = [r for r in rows if (tuple(sorted(r["nums"])), r["target"]) not in seen][:n]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 

@@ -1,6 +1,6 @@
 """Turn dataset rows into chat messages, and chat messages into the prompt text a model sees.
 
-A row becomes messages in one of two ways (DESIGN.md section 3):
+A row becomes messages in one of two ways:
 
 - with a ``prompt_template``: the template is a Python ``str.format`` string rendered with
   ``template.format_map(row)``; ``{nums}`` of a list column renders like a Python list

@@ -1,24 +1,14 @@
 """Group-relative advantages (pure functions).
 
-Rewards arrive as one row per completion, grouped contiguously: rows [g*G, (g+1)*G) are the G
-completions of prompt g. NaN marks a completion with no reward (every function said "not
-applicable", or the grader's infrastructure failed): it is left out of its group's mean and
-std and gets advantage 0, so it neither pushes nor pulls the policy.
+Rewards arrive as one total per completion (`RewardScores.total`), grouped contiguously:
+rows [g*G, (g+1)*G) are the G completions of prompt g. NaN marks a completion with no reward
+(every function said "not applicable", or the grader's infrastructure failed): it is left out
+of its group's mean and std and gets advantage 0, so it neither pushes nor pulls the policy.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def weighted_total(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted sum over reward functions, ignoring NaN (not applicable) entries.
-
-    values: [N, F] (NaN = no value), weights: [F] -> [N]; NaN where a row has no value at all.
-    """
-    present = ~torch.isnan(values)  # [N, F]
-    total = torch.where(present, values * weights, torch.zeros_like(values)).sum(-1)  # [N]
-    return torch.where(present.any(-1), total, torch.full_like(total, float("nan")))
 
 
 def group_advantages(

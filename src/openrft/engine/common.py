@@ -1,6 +1,8 @@
-"""Pieces every recipe shares: device and threads, seeding, held-out splits and prompt building,
-and the one set-up of the trainable policy (`setup_policy`: model, tokenizer, LoRA or every
-weight, optimizer, schedule, EOS and pad tokens, resume). GRPO, SFT and DPO all start here."""
+"""Pieces every recipe (GRPO, SFT, DPO) shares: device and threads, seeding, the train and
+held-out splits, prompt building, the seeded data order (`batch_indices`), phase timing, the one
+set-up of the trainable policy (`setup_policy`: model, tokenizer, LoRA or every weight,
+optimizer, schedule, EOS and pad tokens, resume from the newest checkpoint) and saving it as the
+final artifact (`save_policy`: the adapter, or the whole model, replaced atomically)."""
 
 from __future__ import annotations
 
@@ -300,4 +302,4 @@ def save_full_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> Non
         tokenizer.save_pretrained(str(tmp))
         write_manifest(tmp)
 
-    replace_dir(target, build)
+    replace_dir(target, build, durable=True)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from openrft.config import RunConfig
-from openrft.engine.advantages import group_advantages, weighted_total
+from openrft.engine.advantages import group_advantages
 from openrft.engine.common import (
     PhaseTimer,
     Policy,
@@ -153,32 +153,6 @@ def micro_batch_inputs(
 # =============================================================================================
 
 
-def _nanstat(x: torch.Tensor) -> tuple[float, float]:
-    v = x[~torch.isnan(x)]
-    if v.numel() == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(unbiased=False)) if v.numel() > 1 else 0.0
-
-
-def reward_metrics(
-    names: list[str], values: torch.Tensor, totals: torch.Tensor, group_size: int, errors: dict[str, int]
-) -> dict[str, float]:
-    """values [N, F] (NaN = no value), totals [N]."""
-    out: dict[str, float] = {}
-    out["reward"], _ = _nanstat(totals)
-    groups = totals.view(-1, group_size)  # [B, G]
-    stds = []
-    for grp in groups:
-        v = grp[~torch.isnan(grp)]
-        stds.append(float(v.std()) if v.numel() > 1 else 0.0)
-    out["reward_std"] = sum(stds) / len(stds)
-    out["frac_reward_zero_std"] = sum(s < 1e-6 for s in stds) / len(stds)
-    for j, name in enumerate(names):
-        out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = _nanstat(values[:, j])
-        out[f"rewards/{name}/errors"] = float(errors.get(name, 0))
-    return out
-
-
 def sample_rows(
     step: int,
     prompts: list[PromptItem],
@@ -232,7 +206,6 @@ class GRPORecipe:
     rewards: RewardSet
     prompts: list[PromptItem]
     names: list[str]
-    weights: torch.Tensor  # [F]
     reporter: Reporter
     label: str = "GRPO"
 
@@ -271,7 +244,6 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool, reporter: Reporter) -> G
         rewards=rewards,
         prompts=prompts,
         names=[r.name for r in cfg.rewards],
-        weights=torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32),
         reporter=reporter,
     )
 
@@ -308,7 +280,7 @@ def train_step(tr: GRPORecipe, step: int) -> dict[str, Any]:
         values = torch.tensor(scores.values, dtype=torch.float32).view(batch.num_sequences, len(tr.names))
 
     with timer("advantage"):
-        totals = weighted_total(values, tr.weights)  # [N]
+        totals = torch.tensor(scores.total, dtype=torch.float32)  # [N], NaN = no reward
         advantages, _, _ = group_advantages(totals, g.num_generations, scale=g.scale_rewards)
 
     with timer("update"):
@@ -324,9 +296,7 @@ def train_step(tr: GRPORecipe, step: int) -> dict[str, Any]:
     step_time = time.perf_counter() - t_step
     lengths = batch.completion_mask.sum(-1).float()
     metrics: dict[str, Any] = {"step": step}
-    metrics.update(reward_metrics(tr.names, values, totals, g.num_generations, scores.errors))
-    for name, n in scores.infra_errors.items():
-        metrics[f"rewards/{name}/infra_errors"] = float(n)
+    metrics.update(scores.metrics(g.num_generations))  # reward, reward_std, rewards/<name>/...
     metrics.update(
         {
             "completions/mean_length": float(lengths.mean()),

@@ -36,6 +36,7 @@ BEST_RECORD = "openrft_best.json"  # inside adapter-best/: the step and accuracy
 class Scored:
     completions: list[str]  # K per prompt, prompt-major
     values: list[list[float]]  # [n*K][F]; NaN = the reward did not apply
+    totals: list[float]  # [n*K] weighted reward totals (`RewardScores.total`); NaN = no reward
     errors: dict[str, int]  # reward name -> user errors
 
 
@@ -66,7 +67,7 @@ def sample_and_score(
     max_new = cfg.eval.max_new_tokens or cfg.grpo.max_new_tokens
     per_batch = max(1, cfg.eval.batch_size // k)
     gen = torch.Generator().manual_seed(cfg.seed)
-    out = Scored([], [], {r.name: 0 for r in cfg.rewards})
+    out = Scored([], [], [], {r.name: 0 for r in cfg.rewards})
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
         batch = sample_groups(
@@ -84,6 +85,7 @@ def sample_and_score(
         expanded = [chunk[i // k] for i in range(len(texts))]
         scores = rewards.score([p.text for p in expanded], texts, [p.row for p in expanded])
         out.values.extend(scores.values)
+        out.totals.extend(scores.total)
         out.completions.extend(texts)
         for name, c in scores.errors.items():
             out.errors[name] = out.errors.get(name, 0) + c
@@ -97,12 +99,7 @@ def summarize(cfg: RunConfig, scored: Scored, n_rows: int, k: int) -> dict[str, 
     (`success_reward`, else the first), `accuracy` (its mean), `accuracy_ci95` (95% bootstrap) and
     pass@1 / pass@K (a sample solves its row when the success reward >= eval.success_threshold)."""
     names = [r.name for r in cfg.rewards]
-    weights = [r.weight for r in cfg.rewards]
-    totals = []
-    for v in scored.values:
-        present = [(w, x) for w, x in zip(weights, v, strict=True) if x == x]
-        totals.append(sum(w * x for w, x in present) if present else float("nan"))
-    out: dict[str, Any] = {"reward": mean(totals)}
+    out: dict[str, Any] = {"reward": mean(scored.totals)}
     for j, name in enumerate(names):
         out[f"rewards/{name}/mean"] = mean([v[j] for v in scored.values])
         out[f"rewards/{name}/errors"] = scored.errors.get(name, 0)

@@ -1,13 +1,18 @@
 """The step loop every recipe runs in, and the pieces of a step they share.
 
 - `Recipe`: the shape of a recipe (GRPO, SFT, DPO): built by its `setup` (data validated first,
-  then `common.setup_policy`), it runs one `step(n)`; the loop saves its policy.
-- `run_steps`: steps start+1 .. max_steps; metrics flushed per step; checkpoints every
-  `save_every` steps (timed as `time/checkpoint`); held-out evaluation every `eval.every` steps;
-  the final adapter (or whole model) written atomically at the end.
-- Signals: the first Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and raises
-  `TrainingStopped` (the CLI exits 130, a job reports "stopped"); a second one stops at once.
-- `optimizer_step`: clip, step, schedule, zero: the same for every recipe.
+  then `common.setup_policy`), it runs one `step(n)` and returns its metrics; the loop saves its
+  policy.
+- `run_steps`: steps start+1 .. max_steps; after each, the `after_step` hook (train.py passes
+  held-out evaluation, which adds its metrics to the same row), then the row is written to
+  metrics.jsonl; a checkpoint every `save_every` steps and on a stop request (its time logged as
+  the next row's `time/checkpoint`); at the end the last checkpoint and the final adapter (or
+  whole model), written atomically.
+- `open_run`: the run directory, refusing to write over a run that has metrics unless resuming.
+- Signals (`stop_after_step_on_signal`, which train.py wraps around a run; `request_stop` does
+  the same from code): the first Ctrl-C or SIGTERM finishes the current step, writes a
+  checkpoint and raises `TrainingStopped` (the CLI exits 130); a second one stops at once.
+- `optimizer_step`: clip, step, zero, advance the schedule: the same for every recipe.
 """
 
 from __future__ import annotations

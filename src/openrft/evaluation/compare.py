@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from openrft.config import RunConfig, set_dotted
 from openrft.data import take
 from openrft.errors import ConfigError
 from openrft.evaluation.compare_report import LABELS, build_report, plot_accuracy, render_markdown
+from openrft.fsutil import write_atomic
 from openrft.stats import bootstrap_ci, mean
 from openrft.tracking.progress import NullReporter, Reporter
 
@@ -197,10 +197,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     def default(x: Any) -> Any:
         return x.tolist() if hasattr(x, "tolist") else str(x)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=default) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, default=default) + "\n" for r in rows))
 
 
 # =============================================================================================
@@ -258,14 +255,12 @@ def prepare(cfg: RunConfig, out: Path, sizes: list[int]) -> Plan:
     eval_cfg.eval.max_rows = None  # eval.jsonl holds exactly the rows to evaluate
     eval_config_file = out / "eval_config.yaml"
     body = eval_cfg.model_dump(mode="json", exclude={"stages"})
-    tmp = eval_config_file.with_suffix(".tmp")
-    tmp.write_text(
+    write_atomic(
+        eval_config_file,
         "# Resolved config of every evaluation in this comparison:\n"
         f"#   openrft eval {eval_config_file} --data {eval_file} --adapter <cell>/run/adapter\n"
         + yaml.safe_dump(body, sort_keys=False),
-        encoding="utf-8",
     )
-    os.replace(tmp, eval_config_file)
     return Plan(out, eval_cfg, eval_file, eval_config_file, budget, len(splits.train))
 
 
@@ -358,7 +353,5 @@ def compare(
     )
     _write_json(out / "report.json", report)
     plot_accuracy(report, out / "accuracy.png")
-    tmp = out / "report.md.tmp"
-    tmp.write_text(render_markdown(report), encoding="utf-8")
-    os.replace(tmp, out / "report.md")
+    write_atomic(out / "report.md", render_markdown(report))
     return report

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from openrft.config import RunConfig
+from openrft.fsutil import atomic_file
 
 LABELS: dict[str, str] = {"base": "base model", "sft": "SFT", "rft": "RFT (GRPO)", "sft_rft": "SFT then RFT"}
 
@@ -241,7 +241,8 @@ def plot_accuracy(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openrft.stats import finite, mean_std, pearson, weighted_total
+
 TOL = 1e-6  # rewards closer than this count as equal
 TARGET_P_VARIANCE = 0.9  # the group size advice aims at this P(group has variance)
 MAX_GROUP_SIZE = 1024
@@ -39,30 +41,8 @@ CLIPPED_WARN = 0.2
 MOSTLY_NONE = 0.5
 
 # =============================================================================================
-# Pure statistics
+# Pure statistics of groups (means, spreads and correlations come from openrft.stats)
 # =============================================================================================
-
-
-def finite(xs: Sequence[float]) -> list[float]:
-    """The values that are numbers (NaN = no value, left out).
-
-    >>> finite([1.0, float("nan"), 2.0])
-    [1.0, 2.0]
-    """
-    return [x for x in xs if x == x and math.isfinite(x)]
-
-
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std of the finite values; (nan, nan) when there are none.
-
-    >>> mean_std([1.0, 3.0, float("nan")])
-    (2.0, 1.0)
-    """
-    v = finite(xs)
-    if not v:
-        return math.nan, math.nan
-    m = sum(v) / len(v)
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
 
 
 def groups(xs: Sequence[Any], k: int) -> list[list[Any]]:
@@ -94,28 +74,6 @@ def zero_variance_fraction(xs: Sequence[float], k: int, tol: float = TOL) -> flo
     """
     gs = groups(xs, k)
     return sum(not has_variance(g, tol) for g in gs) / len(gs) if gs else math.nan
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson correlation over the pairs where both have a value; None if fewer than 3 pairs
-    or either side is constant.
-
-    >>> pearson([1, 2, 3], [2, 4, 6])
-    1.0
-    >>> pearson([1, 2, 3], [1, 1, 1]) is None
-    True
-    """
-    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a == a and b == b]
-    if len(pairs) < 3:
-        return None
-    ma = sum(a for a, _ in pairs) / len(pairs)
-    mb = sum(b for _, b in pairs) / len(pairs)
-    sab = sum((a - ma) * (b - mb) for a, b in pairs)
-    saa = sum((a - ma) ** 2 for a, _ in pairs)
-    sbb = sum((b - mb) ** 2 for _, b in pairs)
-    if saa <= TOL**2 or sbb <= TOL**2:
-        return None
-    return max(-1.0, min(1.0, sab / math.sqrt(saa * sbb)))
 
 
 def correlations(names: Sequence[str], columns: Sequence[Sequence[float]]) -> dict[str, float | None]:
@@ -268,11 +226,8 @@ class Scored:
         return [row[f] for row in self.values]
 
     def totals(self) -> list[float]:
-        out = []
-        for row in self.values:
-            parts = [w * v for v, w in zip(row, self.weights, strict=True) if v == v]
-            out.append(sum(parts) if parts else math.nan)
-        return out
+        """The weighted reward total of each sample, by the rule `RewardScores.total` uses."""
+        return [weighted_total(row, self.weights) for row in self.values]
 
 
 def _r(x: float | None, digits: int = 4) -> float | None:

@@ -6,7 +6,7 @@ JOB_JSON holds {"config": <resolved RunConfig>, "run_dir": ..., "trackers": [...
 no checkpoint and starts at step 0; a later one continues from the last complete checkpoint). A
 `compare` job runs `openrft compare` with the config's `compare` section into `<run dir>/compare/`
 (resumable too: finished cells are reused). The process logs one plain line per step to stdout
-(the job log), and writes `result.json` in the run directory: {"status": "succeeded"},
+(the job log), and writes `result.json` in the run directory (atomically): {"status": "succeeded"},
 {"status": "stopped"} or {"status": "failed", "error": "<one line>", "user_error": bool}.
 
 Stopping is clean, as Ctrl-C is for `openrft train`: the first SIGTERM (a cancel, a pause, a
@@ -32,6 +32,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from openrft.fsutil import write_json_atomic
 
 RESULT = "result.json"
 COMPARE_DIR = "compare"  # a compare job's output folder inside its run directory
@@ -120,9 +122,7 @@ class StopRequest:
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, run_dir / RESULT)
+    write_json_atomic(run_dir / RESULT, result, indent=None)
 
 
 def _work(spec: dict[str, Any], run_dir: Path, stop: StopRequest) -> str | None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from openrft.fsutil import write_json_atomic
 from openrft.jobs import procs, queue
 from openrft.jobs.child import COMPARE_DIR, DEFAULT_STOP_GRACE_S, RESULT
 from openrft.rewards.pool import ISOLATION_ENV
@@ -245,9 +246,7 @@ class JobWorker:
             "parent_pid": os.getpid(),
             "stop_grace_s": self.stop_grace_s,
         }
-        tmp = job_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        os.replace(tmp, job_file)
+        write_json_atomic(job_file, spec)
         log_file = queue.job_log_path(run_dir).open("ab")
         log_file.write(
             f"--- attempt {job['attempts']} started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openrft.errors import ConfigError
-from openrft.fsutil import fsync_path
+from openrft.fsutil import replace_dir
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -63,36 +61,19 @@ def attach_lora(
 def save_adapter(model: PeftModel, path: str | Path) -> Path:
     """Write adapter_config.json + adapter_model.safetensors (only) into `path`, atomically.
 
-    The adapter is written to ``.<name>.tmp-<pid>`` next to `path`, fsync'ed and renamed into
-    place; an existing `path` is moved aside first and removed only after the rename.
+    The adapter is built in a temp folder next to `path`, fsync'ed and renamed into place
+    (`fsutil.replace_dir`); an existing `path` is moved aside first and removed only after the
+    rename.
     """
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    moved_aside = False
-    try:
+
+    def build(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
         missing = [name for name in ADAPTER_FILES if not (tmp / name).is_file()]
         if missing:
             raise RuntimeError(f"PEFT did not write {missing} into {tmp}")
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                fsync_path(file)
-        if target.exists():
-            os.rename(target, old)
-            moved_aside = True
-        os.rename(tmp, target)
-        fsync_path(target.parent)
-    except BaseException:
-        if moved_aside and not target.exists():
-            os.rename(old, target)  # put the previous adapter back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+
+    return replace_dir(Path(path).expanduser(), build, durable=True)
 
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ConfigError
-from openrft.fsutil import fsync_path, sha256_file
+from openrft.fsutil import fsync_path, replace_dir, sha256_file, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -238,10 +238,7 @@ def write_manifest(root: Path, name: str, source: dict[str, Any], steps: Steps |
         "source": source,
         "files": files,
     }
-    tmp = root / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    fsync_path(tmp)
-    tmp.replace(root / MANIFEST_NAME)
+    write_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n", durable=True)
     return manifest
 
 
@@ -356,17 +353,15 @@ def provision_model(name: str, *, progress: bool = True, force: bool = False) ->
             _remove(target)
         for stale in root.glob(f".{name}.tmp-*"):  # leftovers of killed attempts (we hold the lock)
             _remove(stale)
-        tmp = root / f".{name}.tmp-{os.getpid()}"
-        try:
+
+        def build(tmp: Path) -> None:
             tmp.mkdir()
             with _quiet_transformers():
                 source = KNOWN_MODELS[name].build(tmp, steps)
-            write_manifest(tmp, name, source, steps)
-            os.rename(tmp, target)
-            fsync_path(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_manifest(tmp, name, source, steps)  # fsyncs the manifest
+
+        replace_dir(target, build)  # in `.<name>.tmp-<pid>`, then renamed
+        fsync_path(root)
     return target
 
 

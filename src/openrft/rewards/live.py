@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -41,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from openrft.errors import ConfigError, RewardError, UserError
+from openrft.fsutil import write_json_atomic
 from openrft.rewards import loader
 from openrft.rewards.spec import RewardSpec
+from openrft.stats import mean_or_none, spearman
 
 UPDATES_DIR = "reward_updates"
 VERSIONS_FILE = "reward_versions.jsonl"
@@ -53,52 +54,12 @@ SOURCES_DIR = "reward_sources"
 # =============================================================================================
 
 
-def ranks(xs: Sequence[float]) -> list[float]:
-    """Ranks from 1, ties get their average rank.
-
-    >>> ranks([10.0, 30.0, 20.0, 20.0])
-    [1.0, 4.0, 2.5, 2.5]
-    """
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    out = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            out[order[t]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation (Pearson on average ranks); None if fewer than 2 values or
-    either side is constant.
-
-    >>> spearman([1, 2, 3], [10, 20, 30]), spearman([1, 2, 3], [3, 2, 1])
-    (1.0, -1.0)
-    """
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rx, ry = ranks(list(x)), ranks(list(y))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
-
-
 def _varies(xs: Sequence[float]) -> bool:
     return len(xs) >= 2 and max(xs) - min(xs) > 1e-6
 
 
 def _sign(x: float, eps: float = 1e-9) -> int:
     return 0 if abs(x) <= eps else (1 if x > 0 else -1)
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
 
 
 def compare_versions(
@@ -163,10 +124,10 @@ def compare_versions(
     )
     return {
         "n": len(old),
-        "mean_old": _mean(old_vals),
-        "mean_new": _mean(new_vals),
+        "mean_old": mean_or_none(old_vals),
+        "mean_new": mean_or_none(new_vals),
         "groups": len(by_group),
-        "spearman_mean": _mean(rhos),
+        "spearman_mean": mean_or_none(rhos),
         "groups_compared": len(rhos),
         "groups_gaining_signal": gaining,
         "groups_losing_signal": losing,
@@ -182,16 +143,6 @@ def compare_versions(
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
@@ -320,9 +271,7 @@ def request_update(run_dir: str | Path, functions: dict[str, str], cwd: str | Pa
         updates.append({"name": name, "function": resolved, "sha256": sha})
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = run / UPDATES_DIR / f"{stamp}-{os.getpid()}.json"
-    _write_atomic(
-        path, json.dumps({"requested_at": _now(), "cwd": base, "updates": updates}, indent=2) + "\n"
-    )
+    write_json_atomic(path, {"requested_at": _now(), "cwd": base, "updates": updates}, durable=True)
     return path
 
 
@@ -526,7 +475,7 @@ def apply_pending_updates(
             events.append({k: v for k, v in record.items() if k != "spec"})
         done = pending_dir / "done"
         done.mkdir(exist_ok=True)
-        os.replace(path, done / path.name)
+        os.replace(path, done / path.name)  # a move of the finished request, not a write: a plain rename
     return events
 
 

@@ -1,20 +1,26 @@
 """From a spec's `function` string to a callable, and how to call it.
 
-Two halves, run in different processes:
+A function string is a built-in name (``countdown.format``), ``package.module:function`` or
+``path/file.py:function`` (relative to the config's folder), see `parse_ref`. Two halves, run
+in different processes:
 
-- `check_function` runs in the **trainer**: it validates the string *without executing user
-  code* (a file must exist and define the function at top level, checked with `ast`; a module
-  must be findable on the search path, found with import finders that do not run it) and raises
-  a one-line `RewardError` otherwise.
-- `load_function` and `call_style` run in the **reward worker**: they import the code, bind the
-  spec's kwargs and detect the signature:
+- The **trainer** side runs no user code. `check_function` validates the string and raises a
+  one-line `RewardError` if it is bad: a built-in must exist and get the kwargs it takes; a file
+  must exist and define the function at top level (checked with `ast`); a module must be
+  findable on the search path (`search_path`: the config's folder, the cwd, then `sys.path`),
+  found with import finders that do not run it. `source_paths` names the host folders the
+  function's sandboxed worker must be able to read.
+- The **reward worker** side imports the code: `load_function` binds the spec's kwargs, and
+  `call_style` detects the signature:
 
-  * per sample (Predibase): ``(prompt, completion, example) -> float | None``;
+  * per sample (Predibase): ``(prompt, completion, example) -> float | None``, called by those
+    keyword names when it uses them, else positionally;
   * batched (TRL): ``(prompts, completions, **columns) -> list[float | None]`` — recognised by a
     parameter named ``completions``; each dataset column arrives as a list keyword argument
-    (or, when the function has a parameter named ``examples``, the rows arrive as a list of dicts).
+    (only those the function accepts, unless it takes ``**kwargs``), or, when the function has a
+    parameter named ``examples``, the rows arrive as a list of dicts.
 
-  Either may be ``async def``.
+  Either may be ``async def``. `call_per_sample` and `call_batched` make the calls.
 """
 
 from __future__ import annotations

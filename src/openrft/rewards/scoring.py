@@ -1,13 +1,16 @@
 """Score completions with a set of reward functions: `RewardSet` -> `RewardScores`.
 
-Usage (the engine's side)::
+Usage (the trainer's side, engine/grpo.py)::
 
-    with RewardSet(cfg.rewards, base_dir=config_dir, max_error_rate=cfg.max_reward_error_rate) as rs:
-        future = rs.submit(prompts, completions, examples)   # runs in the workers...
-        next_batch = rollout(...)                              # ...while this runs here
-        scores = future.result()                               # RewardScores, or RewardError
-        advantages_from(scores.total)                          # NaN = no value for that sample
-        log(scores.metrics())                                  # rewards/<name>/mean, std, errors...
+    with RewardSet(cfg.rewards, base_dir=cfg.base_dir, max_error_rate=cfg.max_reward_error_rate) as rs:
+        scores = rs.score(prompts, completions, examples)  # RewardScores, or RewardError
+        group_advantages(torch.tensor(scores.total), G)     # NaN = no reward for that sample
+        log(scores.metrics(G))                              # reward, reward_std, rewards/<name>/mean...
+
+`submit` returns a future at once instead, so sampling can go on while the workers score
+(preflight does that). `RewardScores` is the one place the weighted reward total (`total`, by
+`openrft.stats.weighted_total`) and the per-reward metrics are computed: training, held-out
+evaluation and preflight read them from it.
 
 Every call of every function ends in one `Outcome` (see `outcomes`). After each batch the
 cumulative user-error rate of each function (errors / calls since the set was made) is checked:
@@ -46,6 +49,7 @@ from openrft.rewards.pool import (
 )
 from openrft.rewards.spec import RewardSpec
 from openrft.rewards.url_guard import NetworkPolicy
+from openrft.stats import mean, mean_std, sample_std, weighted_total
 
 _MAX_CHUNK = 32
 
@@ -73,19 +77,24 @@ class RewardScores:
         f = self.names.index(name)
         return [row[f] for row in self.values]
 
-    def metrics(self) -> dict[str, float]:
-        """Per-function metrics, TRL names: ``rewards/<name>/mean`` and ``/std`` (over samples
-        with a value; NaN if none), ``/errors``, ``/infra_errors``, ``/none``."""
+    def metrics(self, group_size: int | None = None) -> dict[str, float]:
+        """The batch's metrics, TRL names. Per function: ``rewards/<name>/mean`` and ``/std``
+        (population std over the samples with a value; NaN if none), ``/errors``,
+        ``/infra_errors``, ``/none``. With `group_size` (rows [g*G, (g+1)*G) are the completions
+        of prompt g) also, from `total`: ``reward`` (mean over samples with a total),
+        ``reward_std`` (the mean over groups of the sample std of the group's totals; 0 for a
+        group with fewer than two) and ``frac_reward_zero_std`` (groups whose std < 1e-6: no
+        learning signal)."""
         out: dict[str, float] = {}
+        if group_size is not None:
+            if group_size < 1 or len(self.total) % group_size:
+                raise ValueError(f"{len(self.total)} totals do not split into groups of {group_size}")
+            stds = [sample_std(self.total[g : g + group_size]) for g in range(0, len(self.total), group_size)]
+            out["reward"] = mean(self.total)
+            out["reward_std"] = sum(stds) / len(stds) if stds else math.nan
+            out["frac_reward_zero_std"] = sum(s < 1e-6 for s in stds) / len(stds) if stds else math.nan
         for name in self.names:
-            vals = [v for v in self.column(name) if not math.isnan(v)]
-            mean = sum(vals) / len(vals) if vals else math.nan
-            if len(vals) > 1:
-                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-            else:
-                std = 0.0 if vals else math.nan
-            out[f"rewards/{name}/mean"] = mean
-            out[f"rewards/{name}/std"] = std
+            out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = mean_std(self.column(name))
             out[f"rewards/{name}/errors"] = float(self.errors[name])
             out[f"rewards/{name}/infra_errors"] = float(self.infra_errors[name])
             out[f"rewards/{name}/none"] = float(self.none[name])
@@ -100,16 +109,6 @@ def _check_env(spec: RewardSpec) -> None:
             f"reward {spec.name!r}: environment variable {missing[0]} is not set; export it before "
             "training (only the variables a spec names reach its reward worker)"
         )
-
-
-def weighted_total(row: Sequence[float], weights: Sequence[float]) -> float:
-    """Weighted sum of the values that are not NaN; NaN if all are.
-
-    >>> weighted_total([1.0, float("nan"), 0.5], [1.0, 2.0, 2.0])
-    2.0
-    """
-    parts = [w * v for v, w in zip(row, weights, strict=True) if not math.isnan(v)]
-    return sum(parts) if parts else math.nan
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from openrft.fsutil import write_atomic
 from openrft.server.accounts import Caller
 
 PUBLIC_EXACT = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -40,12 +41,7 @@ def load_or_create_key(data_dir: Path, configured: str | None = None) -> tuple[s
         if key:
             return key, "file"
     key = "ork-" + secrets.token_urlsafe(32)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key + "\n")
-    os.replace(path.with_suffix(".tmp"), path)
-    os.chmod(path, 0o600)
+    write_atomic(path, key + "\n", mode=0o600)
     return key, "generated"
 
 

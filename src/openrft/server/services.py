@@ -93,7 +93,7 @@ def save_dataset(
     name = upload_name(filename)
     ext = dataset_extension(name)
     named = tmp_file.with_name(f"upload{ext}")
-    os.replace(tmp_file, named)
+    os.replace(tmp_file, named)  # a rename of the finished upload in its own folder, not a write
     loaded = read_stored_rows(named, name)
     columns = list(dict.fromkeys(k for row in loaded.rows[:1000] for k in row))
     return store.add_dataset(

@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from openrft.fsutil import write_atomic
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
     id TEXT PRIMARY KEY,
@@ -218,7 +220,7 @@ class Store:
         ds_id = dataset_id(sha256, owner)
         with self.tx() as db:
             if upload is not None:
-                os.replace(upload, path)
+                os.replace(upload, path)  # the finished upload moves in: a rename, not a write
             db.execute(
                 "INSERT INTO datasets (id, owner, sha256, name, path, format, bytes, num_rows, columns,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -340,9 +342,7 @@ class Store:
                 return _reward_row(dict(last)), False
             version = (last["version"] + 1) if last else 1
             path = folder / f"v{version}.py"
-            tmp = folder / f".v{version}.py.tmp"
-            tmp.write_text(source, encoding="utf-8")
-            tmp.replace(path)
+            write_atomic(path, source)
             db.execute(
                 "INSERT INTO reward_versions (owner, name, version, function, path, sha256, tests,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?)",

@@ -1,8 +1,8 @@
 """The training forward's fused layers, switched on together for an update: each peft LoRA
-linear as one op (lora_fused.py), each Llama-family RMSNorm as one op (norm_fused.py) and the
-gated MLP's silu(gate) * up as one op (mlp_fused.py).
-Both compute the same function as the modules they stand in for and fall back to them for
-anything they do not cover, so every trainer (GRPO, SFT, DPO) runs its updates inside."""
+linear as one op (`ops/lora.py`), each Llama-family RMSNorm as one op (`ops/norm.py`) and the
+gated MLP's silu(gate) * up as one op (`ops/mlp.py`). Each computes the same function as the
+module it stands in for and falls back to that module's own forward for anything it does not
+cover, so every recipe (GRPO, SFT, DPO) runs its updates inside `fused_layers`."""
 
 from __future__ import annotations
 
