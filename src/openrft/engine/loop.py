@@ -62,7 +62,9 @@ def clear_stop() -> None:
 def stop_after_step_on_signal(reporter: Reporter | None = None) -> Iterator[None]:
     """First SIGINT/SIGTERM: finish the current step, checkpoint, stop (`TrainingStopped`).
     Second: `KeyboardInterrupt` at once. Outside the main thread (signals cannot be caught
-    there) the caller's own handling stays in place."""
+    there) the caller's own handling stays in place. A stop asked before training starts (a job
+    paused while it loads) is kept: the first step finishes, then it stops; the flag is cleared
+    on the way out."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -74,7 +76,6 @@ def stop_after_step_on_signal(reporter: Reporter | None = None) -> Iterator[None
         if reporter is not None:
             reporter.message("stopping after this step (checkpoint first); signal again to stop now")
 
-    clear_stop()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -77,10 +77,10 @@ class StopRequest:
     """This process's stop request: set by SIGTERM or by the death of its server, kept until exit.
 
     While `engine.train.train` runs, its own handler takes SIGTERM the same way (the first stops
-    after the current step with a checkpoint, a second at once); but `train` clears the engine's
-    stop flag when it starts and when it ends. `watch` therefore records a stop the engine's
-    handler took and sets the engine's flag again while a stop is requested, so that a stop asked
-    for while the process starts, or between the trainings of a comparison, is never lost."""
+    after the current step with a checkpoint, a second at once), and it keeps a stop asked before
+    it started; but it clears the engine's stop flag when it ends. `watch` therefore records a
+    stop the engine's handler took and sets the engine's flag again while a stop is requested, so
+    that a stop asked for between the trainings of a comparison is never lost."""
 
     def __init__(self) -> None:
         self.requested = threading.Event()
