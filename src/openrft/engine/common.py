@@ -84,6 +84,14 @@ def load_splits(cfg: RunConfig) -> Splits:
     return Splits(train=train, eval=held)
 
 
+def held_out_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The held-out rows alone: `data.eval`, or the `data.eval_fraction` split of the training
+    rows (the same rows `load_splits` holds out); [] when neither is set."""
+    if cfg.data.eval:
+        return load_validated(cfg, cfg.data.eval)
+    return load_splits(cfg).eval
+
+
 def load_validated(cfg: RunConfig, path: str) -> list[dict[str, Any]]:
     """Read rows and render every prompt once, so a bad row fails with its file and line."""
     loaded = read_rows(path)
@@ -212,6 +220,17 @@ def eos_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
     return sorted(ids)
 
 
+def end_id(tokenizer: Any, eos: list[int]) -> int:
+    """The EOS a target completion ends with: the tokenizer's, else the model's first."""
+    return int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else eos[0]
+
+
+def pad_id(tokenizer: Any, eos: list[int]) -> int:
+    """The id padding is written with (always masked out): the tokenizer's pad token, else the EOS
+    that `end_id` gives. Training, evaluation and preflight all pad with it."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else end_id(tokenizer, eos)
+
+
 class PhaseTimer:
     """Times named phases of a step: `with timer("rollout"): ...` -> {"time/rollout": s}."""
 
@@ -275,8 +294,7 @@ def setup_policy(
     reporter.message(f"loading {cfg.model.name} ...")
     model, tok = load_trainable(cfg, device, full)
     eos = eos_ids(tok, model)
-    eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos[0]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    eos_id, pad = end_id(tok, eos), pad_id(tok, eos)
     optimizer, scheduler = make_optimizer(cfg, model)
     start = restore(
         run, resume, model=model, optimizer=optimizer, scheduler=scheduler, reporter=reporter, full=full

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from openrft.config import RunConfig
-from openrft.engine.common import Policy, build_prompts, eos_ids, load_splits, save_policy
+from openrft.engine.common import Policy, build_prompts, eos_ids, held_out_rows, pad_id, save_policy
 from openrft.engine.rollout import RolloutModel, decode_completions, sample_groups
 from openrft.fsutil import write_json_atomic
 from openrft.rewards import RewardSet
@@ -62,7 +62,7 @@ def sample_and_score(
     give the same completions whatever happened before."""
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_id(tokenizer, eos)
     temperature = sampling_temperature(cfg, k)
     max_new = cfg.eval.max_new_tokens or cfg.grpo.max_new_tokens
     per_batch = max(1, cfg.eval.batch_size // k)
@@ -138,14 +138,13 @@ class PeriodicEval:
         """`sampler`: the recipe's own sampling copy of the policy (GRPO's), reused so that no
         second merged copy of the weights is held."""
         self.cfg, self.run, self.policy, self.reporter = cfg, run, policy, reporter
-        self.every = cfg.eval.every
         self.prompts: list[PromptItem] = []
         self.rewards: RewardSet | None = None
         self.sampler = sampler
         self.best = float("-inf")
-        if not self.every:
+        if not cfg.eval.every:
             return
-        rows = load_splits(cfg).eval
+        rows = held_out_rows(cfg)
         if cfg.eval.max_rows:
             rows = rows[: cfg.eval.max_rows]
         source = cfg.data.eval or f"{cfg.data.train} (held-out)"
@@ -164,7 +163,8 @@ class PeriodicEval:
         return float("-inf")
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and (step % self.every == 0 or step == self.cfg.max_steps)
+        every = self.cfg.eval.every
+        return bool(every) and (step % every == 0 or step == self.cfg.max_steps)
 
     def after_step(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.due(step) or self.rewards is None:

@@ -564,7 +564,7 @@ def sample_and_score(
     scored in the workers while the next one is sampled). Returns the data and phase times."""
     import torch
 
-    from openrft.engine.common import build_prompts, eos_ids, load_splits, set_threads
+    from openrft.engine.common import build_prompts, eos_ids, load_splits, pad_id, set_threads
     from openrft.engine.rollout.model import RolloutModel
     from openrft.engine.rollout.sampler import decode_completions, sample_groups
     from openrft.evaluation.evaluate import load_for_eval
@@ -585,7 +585,7 @@ def sample_and_score(
         sampler = RolloutModel(model)  # as evaluate(): the lean decoder for Llama-family models
         items = build_prompts(cfg, tok, chosen, cfg.data.train)
         eos = eos_ids(tok, model)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        pad = pad_id(tok, eos)
         on_cpu = next(model.parameters()).device.type == "cpu"
         gen = torch.Generator().manual_seed(cfg.seed)
         times["load"] = time.perf_counter() - t0
