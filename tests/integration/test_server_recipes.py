@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_server_sdk import wait_for
 
 import openrft
 from openrft.client import Job
@@ -212,16 +213,6 @@ def test_a_comparison_job_writes_a_report_that_downloads(
     assert str(server[1]) not in (dest / "report.json").read_text() + (dest / "report.md").read_text()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(
         int(p.parent.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*/manifest.json")
@@ -257,9 +248,11 @@ def test_a_paused_job_checkpoints_its_step_and_resumes_without_repeating_one(
         j.wait(timeout=300, check=False)
     job = _slow_grpo(client, words, "paused", max_steps=6)
     run_dir = server[1] / "runs" / job.id
-    asked_at = _wait_for(lambda: job.refresh().data["step"] >= 2 and job.data["step"], 120, "two steps")
+    asked_at = wait_for(
+        lambda: job.refresh().data["step"] >= 2 and job.data["step"], 120, "two steps", interval=0.05
+    )
     job.pause()
-    _wait_for(lambda: job.refresh().status == "paused", 60, "the pause")
+    wait_for(lambda: job.refresh().status == "paused", 60, "the pause", interval=0.05)
     saved = _checkpoints(run_dir)
     assert saved and saved[-1] >= asked_at, (saved, asked_at)  # the step it was in, not an older one
     assert job.data["step"] == saved[-1] < 6
@@ -278,7 +271,9 @@ def test_a_cancelled_job_checkpoints_its_step(
     for j in recipe_jobs.values():
         j.wait(timeout=300, check=False)
     job = _slow_grpo(client, words, "cancelled", max_steps=200)
-    asked_at = _wait_for(lambda: job.refresh().data["step"] >= 1 and job.data["step"], 120, "a step")
+    asked_at = wait_for(
+        lambda: job.refresh().data["step"] >= 1 and job.data["step"], 120, "a step", interval=0.05
+    )
     pid = int([e["detail"] for e in job.events() if e["event"] == "started"][-1].split()[-1])
     job.cancel()
     job.wait(timeout=60, poll_interval=0.1, check=False)

@@ -154,13 +154,14 @@ def test_sdk_end_to_end(client: openrft.Client, two_runs: tuple[Job, Job], tmp_p
     assert any(t.abs().sum() > 0 for n, t in saved.items() if "lora_B" in n)  # trained, not fresh
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """`predicate()`'s first truthy value, polled every `interval` s; fails after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -173,7 +174,7 @@ def test_cancel_running_job_within_seconds(client: openrft.Client, dataset: Any,
     for j in two_runs:
         j.wait(timeout=300)
     job = _finetune(client, dataset, "to-cancel", max_steps=500, save_every=0)
-    _wait_for(lambda: job.refresh().data["step"] >= 1, 120, "the first step")
+    wait_for(lambda: job.refresh().data["step"] >= 1, 120, "the first step")
     pid = _pid(job)
     assert procs.alive(pid, None)
     t0 = time.monotonic()
@@ -192,9 +193,9 @@ def test_pause_and_resume_continue_from_checkpoint(
     for j in two_runs:
         j.wait(timeout=300)
     job = _finetune(client, dataset, "paused", slow=True, max_steps=6)
-    _wait_for(lambda: job.refresh().data["step"] >= 2, 120, "two steps")
+    wait_for(lambda: job.refresh().data["step"] >= 2, 120, "two steps")
     job.pause()
-    _wait_for(lambda: job.refresh().status == "paused", 30, "paused")
+    wait_for(lambda: job.refresh().status == "paused", 30, "paused")
     paused_at = job.data["step"]
     time.sleep(1)
     assert job.refresh().status == "paused" and job.data["step"] == paused_at  # nothing runs
